@@ -1,0 +1,81 @@
+"""cheq-jupyter: a human approval checkpoint inside Jupyter for Mistral tool calling.
+
+``%load_ext cheq_jupyter`` registers the ``%%mistral_agent`` magic.  From Python::
+
+    from cheq_jupyter import run_agent, WidgetApprover
+    result = run_agent("Change the email of account 42", tools=[change_email],
+                       approver=WidgetApprover())
+
+Names are imported lazily so that ``%load_ext`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentResult",
+    "ApprovalRequest",
+    "Decision",
+    "Policy",
+    "Tool",
+    "ToolCallRecord",
+    "WidgetApprover",
+    "approve_all",
+    "arun_agent",
+    "load_ipython_extension",
+    "reject_all",
+    "run_agent",
+    "tool",
+    "unload_ipython_extension",
+]
+
+_LAZY: dict[str, str] = {
+    "AgentResult": "cheq_jupyter.agent",
+    "ToolCallRecord": "cheq_jupyter.agent",
+    "run_agent": "cheq_jupyter.agent",
+    "arun_agent": "cheq_jupyter.agent",
+    "ApprovalRequest": "cheq_jupyter.approval",
+    "Decision": "cheq_jupyter.approval",
+    "Policy": "cheq_jupyter.approval",
+    "approve_all": "cheq_jupyter.approval",
+    "reject_all": "cheq_jupyter.approval",
+    "Tool": "cheq_jupyter.tools",
+    "tool": "cheq_jupyter.tools",
+    "WidgetApprover": "cheq_jupyter.card",
+}
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from .agent import AgentResult, ToolCallRecord, arun_agent, run_agent
+    from .approval import ApprovalRequest, Decision, Policy, approve_all, reject_all
+    from .card import WidgetApprover
+    from .tools import Tool, tool
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cheq_jupyter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """``%load_ext cheq_jupyter``: register ``%%mistral_agent`` (the SDK loads on first use)."""
+    from .magics import MistralAgentMagics
+
+    ipython.register_magics(MistralAgentMagics)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    """``%unload_ext cheq_jupyter``: nothing to undo beyond IPython's own bookkeeping."""
