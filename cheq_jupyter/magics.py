@@ -1,0 +1,117 @@
+"""``%%mistral_agent``: run the gated Mistral agent from a notebook cell.
+
+This class only parses and dispatches: :mod:`cheq_jupyter._cell` checks the options against
+the namespace, :mod:`cheq_jupyter.session` runs the loop, :mod:`cheq_jupyter.display` shows it.
+Settings are traitlets, e.g. ``%config MistralAgentMagics.model = "mistral-small-latest"``.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Enum, Float, Int, Unicode
+
+from ._cell import APPROVERS, plan_cell, resolve_tools, split_names
+
+__all__ = ["MistralAgentMagics"]
+
+
+def _options(func: Any) -> Any:
+    """The options shared by the cell magic (the line magic accepts --tools only)."""
+    decorators = [
+        magic_arguments(),
+        argument("-m", "--model", help="Mistral model name (default: the model setting)."),
+        argument("-t", "--tools", metavar="NAMES",
+                 help="Comma-separated names of functions in the namespace to offer as tools."),
+        argument("-s", "--schema", metavar="NAME",
+                 help="A pydantic model in the namespace: extract the answer into it."),
+        argument("-o", "--out", metavar="VAR", help="Store the AgentResult in this variable."),
+        argument("--system", metavar="TEXT", help="System prompt."),
+        argument("--max-steps", type=int, metavar="N", help="Most tool-calling turns."),
+        argument("--timeout", type=float, metavar="SECONDS",
+                 help="How long a decision may take; then the call is not approved."),
+        argument("--on-timeout", choices=("reject", "approve"), default="reject",
+                 help="What a timeout means: always reject (fail closed)."),
+        argument("--approve", metavar="NAMES", help="Tools that run without asking."),
+        argument("--deny", metavar="NAMES", help="Tools that are always refused."),
+        argument("--approver", choices=APPROVERS,
+                 help="Who decides: card, console, cheqpoint, policy, replay or auto."),
+        argument("--audit", metavar="PATH", help="Audit log file ('' to disable)."),
+        argument("--continue", dest="continue_", metavar="VAR",
+                 help="Carry on the conversation held in an earlier result."),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+@magics_class
+class MistralAgentMagics(Magics):
+    """The ``%%mistral_agent`` cell magic and the ``%mistral_agent`` line magic."""
+
+    model = Unicode("mistral-large-latest", help="Mistral model to use.").tag(config=True)
+    timeout = Float(600.0, help="Seconds a decision may take before it is 'not approved'.").tag(
+        config=True
+    )
+    max_steps = Int(10, help="Most tool-calling turns per cell.").tag(config=True)
+    approver = Enum(list(APPROVERS), default_value="auto",
+                    help="Default approver (auto picks the card, console or policy).").tag(
+        config=True
+    )
+    system = Unicode("", help="Default system prompt.").tag(config=True)
+    audit_log = Unicode("cheq-audit.jsonl",
+                        help="Where every decision is appended ('' to disable).").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        if shell is not None and self not in shell.configurables:
+            shell.configurables.append(self)  # so %config finds it, as storemagic does
+
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "the magics are registered on a shell"
+        ns: dict[str, Any] = self._user_ns
+        return ns
+
+    def _defaults(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in
+                ("model", "timeout", "max_steps", "approver", "system", "audit_log")}
+
+    @_options
+    @cell_magic
+    def mistral_agent(self, line: str, cell: str) -> Any:
+        """Run the cell body as a prompt; every tool call waits for a human decision."""
+        from .session import run_plan
+
+        args = parse_argstring(self.mistral_agent, line)
+        plan = plan_cell(args, cell, self._user_ns, self._defaults())
+        return run_plan(plan, self._user_ns)
+
+    @magic_arguments()
+    @argument("-t", "--tools", metavar="NAMES", help="Show the tools these functions would be.")
+    @line_magic("mistral_agent")  # type: ignore[arg-type]
+    def mistral_agent_info(self, line: str) -> None:
+        """Show the settings, the options and (with --tools) the tools a cell would offer."""
+        from IPython.display import display
+
+        args = parse_argstring(self.mistral_agent_info, line)
+        tools = resolve_tools(split_names(args.tools), self._user_ns)
+        settings = self._defaults()
+        lines = ["%%mistral_agent settings (change with %config MistralAgentMagics.<name> = ...):"]
+        lines += [f"  {k} = {v!r}" for k, v in settings.items()]
+        if tools:
+            lines.append("Tools:")
+            for t in tools.values():
+                params = ", ".join(t.parameters.get("properties", {}))
+                lines.append(f"  {t.name}({params}): {t.description.splitlines()[0]}")
+        elif args.tools is None:
+            lines.append("Tools: none until you pass -t/--tools NAMES "
+                         "(e.g. %mistral_agent -t lookup,refund).")
+        usage = self.mistral_agent.__doc__ or ""
+        text = "\n".join(lines) + "\n\n" + usage.strip()
+        display({"text/plain": text,
+                 "text/html": f"<pre class='cheq-help'>{html.escape(text)}</pre>"}, raw=True)
+
