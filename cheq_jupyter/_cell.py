@@ -18,10 +18,7 @@ from .agent import AgentResult, Message
 from .errors import ToolDefinitionError
 from .tools import Tool, as_tools
 
-__all__ = ["APPROVERS", "CellPlan", "interpolate", "plan_cell", "split_names"]
-
-APPROVERS = ("auto", "card", "console", "cheqpoint", "policy", "replay")
-
+__all__ = ["CellPlan", "interpolate", "plan_cell", "split_names"]
 
 @dataclass
 class CellPlan:

@@ -14,9 +14,10 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Enum, Float, Int, Unicode
 
-from ._cell import APPROVERS, plan_cell, resolve_tools, split_names
-
 __all__ = ["MistralAgentMagics"]
+
+#: Approver names for ``--approver`` and the ``approver`` setting.
+APPROVERS = ("auto", "card", "console", "cheqpoint", "policy", "replay")
 
 
 def _options(func: Any) -> Any:
@@ -73,7 +74,7 @@ class MistralAgentMagics(Magics):
     @property
     def _user_ns(self) -> dict[str, Any]:
         assert self.shell is not None, "the magics are registered on a shell"
-        ns: dict[str, Any] = self._user_ns
+        ns: dict[str, Any] = self.shell.user_ns
         return ns
 
     def _defaults(self) -> dict[str, Any]:
@@ -84,6 +85,7 @@ class MistralAgentMagics(Magics):
     @cell_magic
     def mistral_agent(self, line: str, cell: str) -> Any:
         """Run the cell body as a prompt; every tool call waits for a human decision."""
+        from ._cell import plan_cell
         from .session import run_plan
 
         args = parse_argstring(self.mistral_agent, line)
@@ -96,6 +98,8 @@ class MistralAgentMagics(Magics):
     def mistral_agent_info(self, line: str) -> None:
         """Show the settings, the options and (with --tools) the tools a cell would offer."""
         from IPython.display import display
+
+        from ._cell import resolve_tools, split_names
 
         args = parse_argstring(self.mistral_agent_info, line)
         tools = resolve_tools(split_names(args.tools), self._user_ns)
