@@ -1,0 +1,58 @@
+"""Approvers beyond the notebook card, and the automatic choice between them.
+
+* :class:`CheqpointApprover` -- Cheqpoint's hosted inbox (extra ``cheqpoint``);
+* :class:`ConsoleApprover` -- a terminal (terminal IPython, plain ``python``);
+* :class:`ReplayApprover` -- the decisions of an audit log, for re-runs without a reviewer;
+* :class:`RunAllowList` -- "approve this tool for the rest of the run";
+* :func:`default_approver` / :func:`choose_approver` -- the right one for where the code runs,
+  so a headless run (nbclient, papermill, CI) never waits for a person who is not there.
+
+Names are imported on first use (the Cheqpoint SDK only when a ``CheqpointApprover`` is made).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "ApproverChoice",
+    "CheqpointApprover",
+    "ConsoleApprover",
+    "ReplayApprover",
+    "RunAllowList",
+    "choose_approver",
+    "default_approver",
+    "detect_surroundings",
+]
+
+_LAZY: dict[str, str] = {
+    "CheqpointApprover": "cheq_jupyter.approvers.cheqpoint",
+    "ConsoleApprover": "cheq_jupyter.approvers.console",
+    "ReplayApprover": "cheq_jupyter.approvers.replay",
+    "RunAllowList": "cheq_jupyter.approvers.allowlist",
+    "ApproverChoice": "cheq_jupyter.approvers.headless",
+    "choose_approver": "cheq_jupyter.approvers.headless",
+    "default_approver": "cheq_jupyter.approvers.headless",
+    "detect_surroundings": "cheq_jupyter.approvers.headless",
+}
+
+if TYPE_CHECKING:
+    from .allowlist import RunAllowList
+    from .cheqpoint import CheqpointApprover
+    from .console import ConsoleApprover
+    from .headless import ApproverChoice, choose_approver, default_approver, detect_surroundings
+    from .replay import ReplayApprover
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cheq_jupyter.approvers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
