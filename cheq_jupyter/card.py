@@ -1,0 +1,440 @@
+"""The approval card: one ipywidgets card per tool call, blocking the cell until a human decides.
+
+::
+
+    from cheq_jupyter import run_agent, WidgetApprover
+    result = run_agent(prompt, tools=[refund], approver=WidgetApprover(timeout=300))
+
+Each card shows the tool, a one-line summary and the arguments (model text, always escaped),
+with **Approve**, **Reject** (with an optional note) and **Edit** (a JSON editor; the diff
+against the model's arguments is shown, and edits that fail the tool's schema cannot be
+approved).  All calls of one model turn appear together, with **Approve all** / **Reject all**
+when there are several; the cell goes on when every card is decided.  Fail closed: after
+``timeout`` seconds (a countdown is shown) undecided calls are ``timed_out``; a kernel
+interrupt marks them ``cancelled`` and re-raises ``KeyboardInterrupt``.  Once decided, every
+control is disabled, a status line says what was decided, by whom and when, and a static HTML
+record stays in the output for notebooks opened without a kernel.
+
+Stable ``_dom_classes`` for tests and styling: ``cheq-card``, ``cheq-approve``,
+``cheq-reject``, ``cheq-edit``, ``cheq-args`` (the JSON Textarea; editing it and pressing
+Approve approves the edited arguments), ``cheq-note``, ``cheq-status``, and for several calls
+``cheq-approve-all``, ``cheq-reject-all``; the whole turn is ``cheq-turn`` and its countdown
+``cheq-countdown``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _blocking
+from .approval import ApprovalRequest, Decision
+
+__all__ = ["Validator", "WidgetApprover"]
+
+log = logging.getLogger(__name__)
+
+#: ``(request, edited arguments) -> problems`` (an empty list when the edit is acceptable).
+Validator = Callable[[ApprovalRequest, Any], list[str]]
+DecisionHook = Callable[[ApprovalRequest, Decision, str], None]
+
+_WAITING = "Waiting for your decision."
+_OUTCOMES = {
+    "decided": "All calls decided.",
+    "timed out": "Timed out: the undecided calls were not approved.",
+    "interrupted": "Interrupted: the undecided calls were cancelled and nothing ran.",
+}
+_STYLE = (
+    "<style>.cheq-card pre{white-space:pre-wrap;margin:2px 0;max-height:16em;overflow:auto}"
+    "</style>"
+)
+
+
+def _default_validator(request: ApprovalRequest, arguments: Any) -> list[str]:
+    from .tools import validate_arguments
+
+    return validate_arguments(request.schema, arguments)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def diff_html(original: dict[str, Any], edited: dict[str, Any]) -> str:
+    """Escaped, one line per changed top-level argument: ``name: old → new``."""
+    lines = []
+    for key in [*original, *(k for k in edited if k not in original)]:
+        old, new = original.get(key, ...), edited.get(key, ...)
+        if old == new:
+            continue
+        name = html.escape(str(key))
+        if new is ...:
+            lines.append(f"<del>{name}: {html.escape(_short(old))}</del> (removed)")
+        elif old is ...:
+            lines.append(f"<ins>{name}: {html.escape(_short(new))}</ins> (added)")
+        else:
+            lines.append(
+                f"{name}: <del>{html.escape(_short(old))}</del> → "
+                f"<ins>{html.escape(_short(new))}</ins>"
+            )
+    return "<br>".join(lines)
+
+
+class _Card:
+    """The widgets and the decision of one request.  Widgets change on the main thread only."""
+
+    def __init__(self, approver: WidgetApprover, request: ApprovalRequest) -> None:
+        import ipywidgets as w
+
+        self.approver = approver
+        self.request = request
+        self.decision: Decision | None = None
+        self.source = ""
+        self.original = _dumps(request.details)
+        title = (
+            f"<b>{html.escape(request.action)}</b> — {html.escape(request.summary)}"
+            f"<pre class='cheq-args-view'>{html.escape(self.original)}</pre>"
+        )
+        self.info = w.HTML(title)
+        self.args = w.Textarea(
+            self.original,
+            rows=min(12, self.original.count("\n") + 2),
+            layout=w.Layout(display="none", width="100%"),
+        )
+        self.feedback = w.HTML("")
+        self.note = w.Text(placeholder="Note (optional): why, or what to do instead")
+        self.approve = w.Button(description="Approve", button_style="success", icon="check")
+        self.reject = w.Button(description="Reject", button_style="danger", icon="times")
+        self.edit = w.Button(description="Edit", icon="pencil")
+        self.status = w.HTML(html.escape(_WAITING))
+        for widget, cls in (
+            (self.args, "cheq-args"),
+            (self.note, "cheq-note"),
+            (self.approve, "cheq-approve"),
+            (self.reject, "cheq-reject"),
+            (self.edit, "cheq-edit"),
+            (self.status, "cheq-status"),
+            (self.feedback, "cheq-feedback"),
+        ):
+            widget.add_class(cls)
+        self.controls = (self.args, self.note, self.approve, self.reject, self.edit)
+        self.box = w.VBox(
+            [
+                self.info,
+                self.args,
+                self.feedback,
+                self.note,
+                w.HBox([self.approve, self.reject, self.edit]),
+                self.status,
+            ]
+        )
+        self.box.add_class("cheq-card")
+        self.approve.on_click(lambda _b: self.try_approve())
+        self.reject.on_click(lambda _b: self.do_reject())
+        self.edit.on_click(lambda _b: self.toggle_edit())
+        self.args.observe(lambda _c: self.show_edit_state(), names="value")
+
+    # -- reading the editor ------------------------------------------------------------------
+    def edited(self) -> tuple[dict[str, Any] | None, list[str]]:
+        """``(edited arguments or None when unchanged, problems)`` from the editor's text."""
+        text = self.args.value
+        if text == self.original:
+            return None, []
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return None, [f"The arguments are not valid JSON: {exc}."]
+        if value == self.request.details:
+            return None, []
+        try:
+            problems = list(self.approver.validator(self.request, value))
+        except Exception as exc:  # a broken validator must not let an edit through
+            problems = [f"The edited arguments could not be checked ({type(exc).__name__})."]
+        return value, problems
+
+    def show_edit_state(self) -> None:
+        if self.decision is not None:
+            return
+        value, problems = self.edited()
+        if problems:
+            items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+            self.feedback.value = (
+                f"<div style='color:#b00020'>Cannot approve these edits:<ul>{items}</ul></div>"
+            )
+            self.approve.disabled = True
+        elif value is not None:
+            self.feedback.value = (
+                "<div>Edited (the tool will run with these):<br>"
+                f"{diff_html(self.request.details, value)}</div>"
+            )
+            self.approve.disabled = False
+            self.approve.description = "Approve edited"
+        else:
+            self.feedback.value = ""
+            self.approve.disabled = False
+            self.approve.description = "Approve"
+
+    # -- button actions (they only record; the cell prints after the wait) --------------------
+    def toggle_edit(self) -> None:
+        if self.decision is not None:
+            return
+        if self.args.layout.display == "none":
+            self.args.layout.display = None
+            self.edit.description = "Undo edits"
+        else:
+            self.args.layout.display = "none"
+            self.args.value = self.original
+            self.edit.description = "Edit"
+
+    def try_approve(self) -> None:
+        if self.decision is not None:
+            return
+        value, problems = self.edited()
+        if problems:
+            self.show_edit_state()
+            return
+        self.approver._settle(
+            self,
+            Decision.approve(
+                by=self.approver.reviewer, modified_details=value, note=self.note.value.strip()
+            ),
+            "card",
+        )
+
+    def do_reject(self) -> None:
+        if self.decision is None:
+            self.approver._settle(
+                self, Decision.reject(self.note.value.strip(), by=self.approver.reviewer), "card"
+            )
+
+    # -- after the decision ------------------------------------------------------------------
+    def render_decided(self) -> None:
+        decision = self.decision
+        assert decision is not None
+        for control in self.controls:
+            control.disabled = True
+        text = decision.describe()
+        if self.source != "card":
+            text += f" (decided in {self.source})"
+        color = "#1b5e20" if decision.approved else "#b00020"
+        self.status.value = f"<b style='color:{color}'>{html.escape(text)}</b>"
+
+    def record_html(self) -> str:
+        decision = self.decision
+        req = self.request
+        verdict = html.escape(decision.describe() if decision else "undecided (not approved)")
+        if decision is not None and self.source != "card":
+            verdict += f" (decided in {html.escape(self.source)})"
+        args = f"<pre>{html.escape(self.original)}</pre>"
+        if decision is not None and decision.modified_details is not None:
+            args += f"<div>Edited: {diff_html(req.details, decision.modified_details)}</div>"
+        return (
+            f"<tr><td><b>{html.escape(req.action)}</b><br>{html.escape(req.summary)}</td>"
+            f"<td>{args}</td><td>{verdict}</td></tr>"
+        )
+
+
+class WidgetApprover:
+    """Approve tool calls on ipywidgets cards in the running cell (see the module doc).
+
+    ``timeout`` is in seconds (``None``: wait until decided or interrupted); undecided calls
+    are then ``timed_out``, never approved.  ``reviewer`` names who decides here (the
+    ``decided_by`` is ``"card"``, or ``"<reviewer> (card)"``).  ``validator(request, args)``
+    returns the problems of edited arguments (default: the tool's JSON schema).
+    ``on_decision(request, decision, source)`` is told of each decision as it happens.
+
+    Outside a Jupyter kernel it raises :class:`~cheq_jupyter.errors.FrontendUnavailableError`,
+    which the agent loop turns into "not approved".
+    """
+
+    name = "card"
+
+    def __init__(
+        self,
+        *,
+        timeout: float | None = 600.0,
+        reviewer: str | None = None,
+        validator: Validator | None = None,
+        on_decision: DecisionHook | None = None,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(
+                f"WidgetApprover timeout is {timeout!r}; give a number of seconds above 0, "
+                "or None to wait until someone decides."
+            )
+        self.timeout = timeout
+        self.reviewer = f"{reviewer} (card)" if reviewer else "card"
+        self.validator: Validator = validator or _default_validator
+        self.on_decision = on_decision
+        self._lock = threading.Lock()
+        self._cards: list[_Card] = []
+        self._external: list[_Card] = []
+        self._waker: _blocking.Waker | None = None
+
+    def __repr__(self) -> str:
+        return f"WidgetApprover(timeout={self.timeout!r})"
+
+    def __call__(self, request: ApprovalRequest) -> Decision:
+        return self.decide_all([request])[0]
+
+    # -- deciding ------------------------------------------------------------------------------
+    def _claim(self, card: _Card, decision: Decision, source: str) -> bool:
+        with self._lock:
+            if card.decision is not None:
+                return False
+            card.decision, card.source = decision, source
+            return True
+
+    def _settle(self, card: _Card, decision: Decision, source: str) -> None:
+        """Record a decision made on the main thread (a click, the timeout, an interrupt)."""
+        if self._claim(card, decision, source):
+            self._announce(card)
+
+    def _announce(self, card: _Card) -> None:
+        card.render_decided()
+        assert card.decision is not None
+        log.info("%s (%s): %s", card.request.action, card.request.tool_call_id,
+                 card.decision.describe())
+        if self.on_decision is not None:
+            try:
+                self.on_decision(card.request, card.decision, card.source)
+            except Exception:
+                log.exception("on_decision hook failed for %s", card.request.tool_call_id)
+
+    def decide_externally(
+        self, tool_call_id: str, decision: Decision, *, source: str = "external"
+    ) -> bool:
+        """Decide a card from another thread (e.g. a remote approver racing the card).
+
+        Returns ``True`` when this decided the card; ``False`` when the card was already
+        decided (the first decision wins) or no card with that id is waiting.
+        """
+        with self._lock:
+            for card in self._cards:
+                if card.request.tool_call_id == tool_call_id and card.decision is None:
+                    card.decision, card.source = decision, source
+                    self._external.append(card)
+                    waker = self._waker
+                    break
+            else:
+                return False
+        if waker is not None:
+            waker.wake()
+        return True
+
+    def _take_external(self) -> None:
+        with self._lock:
+            cards, self._external = self._external, []
+        for card in cards:
+            self._announce(card)
+
+    # -- the turn ----------------------------------------------------------------------------
+    def decide_all(self, requests: Sequence[ApprovalRequest]) -> list[Decision]:
+        """Show one card per request, wait until all are decided, return them in order."""
+        if not requests:
+            return []
+        _blocking.check_kernel()  # fail before showing cards nobody can click
+        import ipywidgets as w
+        from IPython.display import display
+
+        cards = [_Card(self, r) for r in requests]
+        countdown = w.HTML("")
+        countdown.add_class("cheq-countdown")
+        children: list[Any] = [w.HTML(_STYLE), countdown, *(c.box for c in cards)]
+        if len(cards) > 1:
+            approve_all = w.Button(description="Approve all", button_style="success")
+            reject_all = w.Button(description="Reject all", button_style="danger")
+            approve_all.add_class("cheq-approve-all")
+            reject_all.add_class("cheq-reject-all")
+
+            def approve_each(_button: Any) -> None:
+                for card in cards:
+                    card.try_approve()
+
+            def reject_each(_button: Any) -> None:
+                for card in cards:
+                    card.do_reject()
+
+            approve_all.on_click(approve_each)
+            reject_all.on_click(reject_each)
+            children.append(w.HBox([approve_all, reject_all]))
+            group: list[Any] = [approve_all, reject_all]
+        else:
+            group = []
+        turn = w.VBox(children)
+        turn.add_class("cheq-turn")
+
+        def tick(left: float | None) -> None:
+            pending = sum(c.decision is None for c in cards)
+            text = f"{pending} of {len(cards)} call(s) waiting for your decision"
+            if left is not None:
+                minutes, seconds = divmod(int(left + 0.5), 60)
+                text += f", {minutes}:{seconds:02d} left (then not approved)"
+            countdown.value = html.escape(text + ".")
+
+        def done() -> bool:
+            self._take_external()
+            return all(c.decision is not None for c in cards)
+
+        waker = _blocking.Waker()
+        with self._lock:
+            self._cards, self._external, self._waker = cards, [], waker
+        bundle = turn._repr_mimebundle_()
+        names = ", ".join(r.action for r in requests)
+        bundle["text/plain"] = f"Approval card for {names} (the decisions are recorded below)."
+        outcome = "interrupted"
+        try:
+            try:
+                tick(self.timeout)
+                display(bundle, raw=True)
+                finished = _blocking.wait_for(done, timeout=self.timeout, waker=waker, on_tick=tick)
+            finally:
+                self._close_turn()
+                waker.close()
+            if not finished:
+                outcome = "timed out"
+                note = f"Nobody decided within {self.timeout:g} seconds."
+                for card in cards:
+                    self._settle(card, Decision.timed_out(note, by="card"), "card")
+            else:
+                outcome = "decided"
+        except KeyboardInterrupt:
+            note = "The kernel was interrupted while waiting for approval."
+            for card in cards:
+                self._settle(card, Decision.cancelled(note, by="card"), "card")
+            raise
+        finally:
+            for control in group:
+                control.disabled = True
+            countdown.value = html.escape(_OUTCOMES[outcome])
+            self._show_record(cards, display)
+        return [c.decision for c in cards if c.decision is not None]
+
+    def _close_turn(self) -> None:
+        """No more external decisions for this turn; show the ones that arrived."""
+        with self._lock:
+            self._cards, self._waker = [], None
+        self._take_external()
+
+    @staticmethod
+    def _show_record(cards: Sequence[_Card], display: Callable[..., Any]) -> None:
+        """A static HTML record of the decisions, for the notebook saved without widgets."""
+        rows = "".join(c.record_html() for c in cards)
+        record = (
+            "<div class='cheq-record'><b>Approval record</b>"
+            f"<table>{rows}</table></div>"
+        )
+        text = "\n".join(
+            f"{c.request.action}: {c.decision.describe() if c.decision else 'undecided'}"
+            for c in cards
+        )
+        display({"text/html": record, "text/plain": text}, raw=True)
