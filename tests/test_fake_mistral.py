@@ -717,6 +717,21 @@ def test_demo_looks_up_then_changes_then_summarises() -> None:
     assert "offline demo model" in final
 
 
+def test_demo_gives_an_action_the_new_address_whatever_the_parameter_is_called() -> None:
+    change = json.loads(json.dumps(CHANGE))
+    change["function"]["parameters"]["properties"] = {
+        "account_id": {"type": "string"},
+        "email": {"type": "string"},
+    }
+    change["function"]["parameters"]["required"] = ["account_id", "email"]
+    turns, _ = _converse(
+        PROMPT, [LOOKUP, change], lambda name, args: _run_tools(name, {"new_email": "", **args})
+    )
+    assert turns[1] == [
+        ("change_account_email", {"account_id": "acct_1042", "email": "ada@lovelace.dev"})
+    ]
+
+
 def test_demo_stops_and_quotes_the_reviewer_when_rejected() -> None:
     def reject_change(name: str, args: dict[str, Any]) -> str:
         if name == "change_account_email":

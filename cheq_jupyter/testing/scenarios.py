@@ -107,6 +107,9 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za
 _ID = re.compile(
     r"(?<![\w@.-])(?=[A-Za-z0-9_-]*\d)[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)+(?![\w@-])"
 )
+_PATH = re.compile(
+    r"(?<![\w@])(?:[\w.-]*/)*[\w-]+\.[A-Za-z][A-Za-z0-9]{0,4}\b(?!\.\w)|(?<!\w)/[\w./-]+"
+)
 _URL = re.compile(r"https?://[^\s\"'<>)]+")
 _PHONE = re.compile(r"\+\d[\d ().-]{7,}\d|\b0\d(?:[ .-]?\d{2}){4}\b")
 _ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
@@ -134,6 +137,7 @@ _LONG_TEXT_WORDS = {
     "query", "text", "message", "content", "reason", "note", "comment", "body", "question",
     "prompt", "request", "instruction", "summary", "description", "details",
 }  # fmt: skip
+_EMAIL_WORDS = {"email", "mail", "recipient", "to", "cc", "bcc", "sender"}
 _PLACE_WORDS = {"city", "location", "place", "country", "destination", "town", "region"}
 
 
@@ -162,6 +166,7 @@ def _mask(text_: str, *patterns: re.Pattern[str]) -> str:
 class _Number:
     value: float
     start: int
+    end: int
     money: bool
     decimal: bool
 
@@ -176,6 +181,7 @@ def _numbers(text_: str) -> list[_Number]:
             _Number(
                 value=float(raw.replace(",", ".")),
                 start=m.start("num"),
+                end=m.end("num"),
                 money=bool(m.group("cur") or m.group("cur2")) or decimal,
                 decimal=decimal,
             )
@@ -221,6 +227,7 @@ class _Context:
     record_text: str = ""
     new_values: frozenset[str] = frozenset()
     root: JSONDict = field(default_factory=dict)
+    writing: bool = False  # filling an action tool: e-mail params take the prompt's new value
 
 
 def _resolve(schema: Any, root: JSONDict) -> JSONDict:
@@ -311,12 +318,15 @@ def _free_text(text_: str, name: str) -> list[str]:
 def _candidates(name: str, schema: JSONDict, ctx: _Context) -> list[Any]:
     """Every plausible value for a string-ish field, best source first (empty when unknown)."""
     words = set(_split_identifier(name))
-    wants_new = "new" in words
+    fmt = schema.get("format")
+    is_email = bool(words & _EMAIL_WORDS) or fmt == "email"
+    wants_new = "new" in words or (
+        is_email and ctx.writing and bool(ctx.new_values) and not words & {"old", "current"}
+    )
     keyed = [] if wants_new else _lookup_key(ctx.records, name)
     if keyed:
         return keyed
-    fmt = schema.get("format")
-    if "email" in words or "mail" in words or fmt == "email":
+    if is_email:
         emails = _unique(_EMAIL.findall(ctx.text))
         if wants_new:
             return [e for e in emails if e in ctx.new_values]
@@ -328,6 +338,8 @@ def _candidates(name: str, schema: JSONDict, ctx: _Context) -> list[Any]:
         return [f"{d}T00:00:00Z" for d in found] if fmt == "date-time" else found
     if words & {"url", "link", "website", "homepage"} or fmt == "uri":
         return _unique(_URL.findall(ctx.text))
+    if words & {"path", "file", "filename"}:
+        return _unique(_PATH.findall(_mask(ctx.text, _EMAIL, _URL)))
     if words & {"phone", "mobile", "telephone"}:
         return _unique(p.strip() for p in _PHONE.findall(ctx.text))
     if _is_free_text(name):
@@ -345,7 +357,7 @@ def _candidates(name: str, schema: JSONDict, ctx: _Context) -> list[Any]:
                 r"\b(?:in|at|for|to|from)\s+([A-Z][a-z]+(?:\s[A-Z][a-z]+)?)", ctx.text
             )
         )
-    if words & {"name", "person", "customer", "contact", "author", "owner", "recipient"}:
+    if words & {"name", "person", "customer", "contact", "author", "owner"}:
         return _person_names(ctx.text)
     if words & {"product", "item", "article", "service", "goods"}:
         return _unique(m.group(1).strip() for m in _ITEM_NAME.finditer(ctx.text))
@@ -363,8 +375,7 @@ def _anchored_number(text_: str, name: str) -> tuple[float, int, int] | None:
         for m in re.finditer(rf"\b{re.escape(word)}", text_, re.I):
             after = [n for n in numbers if m.end() <= n.start <= m.end() + 25]
             if after:
-                end = after[0].start + len(re.match(r"[\d.,]+", text_[after[0].start :]).group(0))  # type: ignore[union-attr]
-                return after[0].value, m.start(), end
+                return after[0].value, m.start(), after[0].end
     return None
 
 
@@ -734,15 +745,16 @@ def _plan(tools: list[_Tool], prompt: str) -> list[_Tool]:
     return [tool for *_, tool in sorted(scored, key=lambda s: s[:3])]
 
 
-def _new_values(prompt: str, tools: list[_Tool]) -> frozenset[str]:
-    """Values the prompt gives as the *new* value ("... to ada@new.org") for ``new_*`` params."""
-    if not any("new" in _split_identifier(p) for t in tools for p in t.properties):
-        return frozenset()
+def _new_values(prompt: str) -> frozenset[str]:
+    """E-mail addresses the prompt gives as the *new* value ("change ... to ada@new.org").
+
+    Read tools never get them (the lookup is for the current address); action tools do.
+    """
     marked = [
         m.group(0)
         for m in _EMAIL.finditer(prompt)
         if re.search(
-            r"\b(to|into|new|with)\b[^@]{0,30}$", prompt[max(0, m.start() - 40) : m.start()], re.I
+            r"\b(to|into|new)\b[^@]{0,30}$", prompt[max(0, m.start() - 40) : m.start()], re.I
         )
     ]
     emails = _unique(_EMAIL.findall(prompt))
@@ -753,7 +765,7 @@ def _new_values(prompt: str, tools: list[_Tool]) -> frozenset[str]:
 
 def _arguments(tool: _Tool, ctx: _Context) -> tuple[list[JSONDict], list[str]]:
     """Argument sets for one or more parallel calls of ``tool``, and the unfillable params."""
-    ctx = replace(ctx, root=tool.parameters)
+    ctx = replace(ctx, root=tool.parameters, writing=not tool.reads)
     base: JSONDict = {}
     missing: list[str] = []
     fan_out: tuple[str, list[Any]] | None = None
@@ -767,7 +779,8 @@ def _arguments(tool: _Tool, ctx: _Context) -> tuple[list[JSONDict], list[str]]:
             base[param] = value
         if found and fan_out is None and _schema_type(schema) == "string" and required:
             options = [v for v in _candidates(param, schema, ctx) if isinstance(v, str)]
-            if len(options) > 1 and ("email" in param or param.endswith("id")):
+            fans = param.endswith("id") or ("email" in param and tool.reads)
+            if len(options) > 1 and fans:
                 fan_out = (param, options[:_MAX_PARALLEL])
     if fan_out is None:
         return [base], missing
@@ -864,7 +877,7 @@ def _agent_turn(request: JSONDict, tools: list[_Tool]) -> Turn:
         text=episode.prompt,
         records=[r for r in (_parse_record(x) for x in results) if r is not None],
         record_text="\n".join(results),
-        new_values=_new_values(episode.prompt, tools),
+        new_values=_new_values(episode.prompt),
     )
     called = {c.name for c in episode.calls}
     plan = [t for t in _plan(tools, episode.prompt) if forced is None or t.name == forced]
