@@ -635,6 +635,16 @@ class _Server(ThreadingHTTPServer):
             self.open_connections.discard(request)
         super().shutdown_request(request)
 
+    def stop_serving(self) -> None:
+        """``shutdown()`` without waiting out the poll interval: connect to wake the loop."""
+        stopper = threading.Thread(target=self.shutdown, daemon=True)
+        stopper.start()
+        host, port = self.server_address[:2]
+        while stopper.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection((str(host), int(port)), timeout=1).close()
+            stopper.join(0.01)
+
     def drop_connections(self) -> None:
         """Close idle keep-alive connections so their handler threads end now."""
         with self.connections_lock:
@@ -750,7 +760,7 @@ class FakeMistral:
         self._server = _Server((self._host, self._port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.5},
             name=f"FakeMistral:{self._server.server_address[1]}",
             daemon=True,
         )
@@ -762,7 +772,7 @@ class FakeMistral:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        server.stop_serving()
         server.drop_connections()
         server.server_close()
         if self._thread is not None:
