@@ -29,10 +29,10 @@ ticket) and pass it to ``verify(path, head=...)`` to check that too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -81,35 +81,22 @@ def default_path() -> Path:
     return Path(configured).expanduser() if configured else Path.cwd() / DEFAULT_FILENAME
 
 
-def _reject_nan(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise AuditLogError(
-            f"The arguments contain {value!r}, which JSON cannot represent; the decision was "
-            "not recorded, so the call does not run."
-        )
-    return value
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return _reject_nan(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def canonical_json(value: Any) -> str:
     """The one JSON spelling hashes are taken over: sorted keys, no spaces, UTF-8 text.
 
     Values JSON has no type for (dates, decimals...) are written as their ``str``; NaN and
     infinities raise :class:`~cheq_jupyter.errors.AuditLogError`.
     """
-    return json.dumps(
-        _finite(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-        allow_nan=False, default=str,
-    )
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+            default=str,
+        )
+    except ValueError:
+        raise AuditLogError(
+            "The arguments hold a number JSON cannot represent (NaN or infinity); the decision "
+            "was not recorded, so the call does not run."
+        ) from None
 
 
 def _sha256(text: str) -> str:
@@ -172,11 +159,14 @@ def _content_hash(data: Mapping[str, Any]) -> str:
 def _build(
     request: ApprovalRequest, decision: Decision, response_time: float | None, prev: str
 ) -> AuditRecord:
+    # Normalise through JSON so the record holds exactly what a reader will load back.
     arguments = json.loads(canonical_json(dict(request.details)))
-    effective = (
-        json.loads(canonical_json(dict(decision.effective_details(request))))
-        if decision.approved else None
-    )
+    effective = None
+    if decision.approved:
+        effective = (
+            json.loads(canonical_json(dict(decision.modified_details)))
+            if decision.modified_details is not None else arguments
+        )
     body: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "time": decision.decided_at.astimezone(_dt.timezone.utc).isoformat(
@@ -251,10 +241,14 @@ class AuditLog:
         its last line is not a complete record; the loop then stops before any tool runs.
         """
         with self._lock:
-            created = not self.path.exists()
+            created = False
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+                except FileNotFoundError:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                    created = True
             except OSError as exc:
                 raise AuditLogError(
                     f"Cannot open the audit log {self.path} ({exc.strerror or exc}); choose a "
@@ -277,7 +271,7 @@ class AuditLog:
                 os.close(fd)
             if created:
                 _fsync_dir(self.path.parent)
-            return AuditRecord._from_json(rec.to_json(), lines + 1)
+            return dataclasses.replace(rec, line=lines + 1)
 
     @property
     def head(self) -> str:
