@@ -92,7 +92,7 @@ class ConsoleApprover:
     def _ask(self, prompt: str) -> str:
         try:
             if self._stdin is None and self._stdout is None:
-                return input(prompt)
+                return _input(prompt)
             self._out.write(prompt)
             self._out.flush()
             line = (self._stdin or sys.stdin).readline()
@@ -200,6 +200,18 @@ class ConsoleApprover:
             self._print(f"Those arguments do not fit {printable(request.action)}:")
             for problem in problems:
                 self._print(f"  - {printable(problem)}")
+
+
+def _input(prompt: str) -> str:
+    """:func:`input`, with a kernel that cannot ask its frontend treated as closed input."""
+    try:
+        return input(prompt)
+    except Exception as exc:
+        from IPython.core.error import StdinNotImplementedError
+
+        if isinstance(exc, StdinNotImplementedError):
+            raise EOFError(str(exc)) from None
+        raise
 
 
 def _validate(schema: dict[str, Any], value: Any) -> list[str]:
