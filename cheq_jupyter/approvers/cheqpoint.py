@@ -71,9 +71,10 @@ class CheqpointApprover:
     ``api_key`` defaults to ``$CQ_API_KEY`` and ``base_url`` to ``$CQ_BASE_URL`` or the SDK's
     default (Cheqpoint's hosted service).  ``timeout`` is how long a turn waits for decisions
     (seconds); ``poll_interval`` the pause between status checks; ``http_timeout`` the limit
-    for one HTTP call.  ``risk_score`` (0-1) is sent with every request.  With ``out`` (default:
-    standard output) and ``announce``, one line per filed request says where the decision is
-    awaited.
+    for one HTTP call.  ``risk_score`` (0-1) is sent with every request.  With ``announce``
+    (the default) one line per filed request goes to ``out`` (default: standard output), saying
+    where the decision is awaited.  An interrupt (Ctrl-C, the stop button) while waiting is
+    not caught: the run stops, and the requests stay pending in the inbox.
     """
 
     name = _BY
