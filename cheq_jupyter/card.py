@@ -89,10 +89,24 @@ def diff_html(original: dict[str, Any], edited: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
+class _Look:
+    """Layout and style models shared by every card of a turn (fewer widgets to create)."""
+
+    def __init__(self) -> None:
+        import ipywidgets as w
+        from ipywidgets.widgets.widget_string import HTMLStyle, TextStyle
+
+        self.plain = w.Layout()
+        self.card = w.Layout(border="1px solid #ccc", padding="4px 8px", margin="4px 0")
+        self.html = HTMLStyle()
+        self.text = TextStyle()
+        self.button = w.ButtonStyle()
+
+
 class _Card:
     """The widgets and the decision of one request.  Widgets change on the main thread only."""
 
-    def __init__(self, approver: WidgetApprover, request: ApprovalRequest) -> None:
+    def __init__(self, approver: WidgetApprover, request: ApprovalRequest, look: _Look) -> None:
         import ipywidgets as w
 
         self.approver = approver
@@ -104,28 +118,32 @@ class _Card:
             f"<b>{html.escape(request.action)}</b> — {html.escape(request.summary)}"
             f"<pre class='cheq-args-view'>{html.escape(self.original)}</pre>"
         )
-        self.info = w.HTML(title)
+        self.info = w.HTML(title, layout=look.plain, style=look.html)
         self.args = w.Textarea(
             self.original,
+            _dom_classes=["cheq-args"],
             rows=min(12, self.original.count("\n") + 2),
-            layout=w.Layout(display="none", width="100%"),
+            layout=w.Layout(display="none", width="100%"),  # its own: Edit shows it
+            style=look.text,
         )
-        self.feedback = w.HTML("")
-        self.note = w.Text(placeholder="Note (optional): why, or what to do instead")
-        self.approve = w.Button(description="Approve", button_style="success", icon="check")
-        self.reject = w.Button(description="Reject", button_style="danger", icon="times")
-        self.edit = w.Button(description="Edit", icon="pencil")
-        self.status = w.HTML(html.escape(_WAITING))
-        for widget, cls in (
-            (self.args, "cheq-args"),
-            (self.note, "cheq-note"),
-            (self.approve, "cheq-approve"),
-            (self.reject, "cheq-reject"),
-            (self.edit, "cheq-edit"),
-            (self.status, "cheq-status"),
-            (self.feedback, "cheq-feedback"),
-        ):
-            widget.add_class(cls)
+        self.feedback = w.HTML("", layout=look.plain, style=look.html,
+                               _dom_classes=["cheq-feedback"])
+        self.note = w.Text(
+            placeholder="Note (optional): why, or what to do instead",
+            _dom_classes=["cheq-note"],
+            layout=look.plain,
+            style=look.text,
+        )
+        self.approve = w.Button(description="Approve", button_style="success", icon="check",
+                                layout=look.plain, style=look.button,
+                                _dom_classes=["cheq-approve"])
+        self.reject = w.Button(description="Reject", button_style="danger", icon="times",
+                               layout=look.plain, style=look.button,
+                               _dom_classes=["cheq-reject"])
+        self.edit = w.Button(description="Edit", icon="pencil", layout=look.plain,
+                             style=look.button, _dom_classes=["cheq-edit"])
+        self.status = w.HTML(html.escape(_WAITING), layout=look.plain, style=look.html,
+                             _dom_classes=["cheq-status"])
         self.controls = (self.args, self.note, self.approve, self.reject, self.edit)
         self.box = w.VBox(
             [
@@ -133,11 +151,12 @@ class _Card:
                 self.args,
                 self.feedback,
                 self.note,
-                w.HBox([self.approve, self.reject, self.edit]),
+                w.HBox([self.approve, self.reject, self.edit], layout=look.plain),
                 self.status,
-            ]
+            ],
+            layout=look.card,
+            _dom_classes=["cheq-card"],
         )
-        self.box.add_class("cheq-card")
         self.approve.on_click(lambda _b: self.try_approve())
         self.reject.on_click(lambda _b: self.do_reject())
         self.edit.on_click(lambda _b: self.toggle_edit())
@@ -346,15 +365,22 @@ class WidgetApprover:
         import ipywidgets as w
         from IPython.display import display
 
-        cards = [_Card(self, r) for r in requests]
-        countdown = w.HTML("")
-        countdown.add_class("cheq-countdown")
-        children: list[Any] = [w.HTML(_STYLE), countdown, *(c.box for c in cards)]
+        look = _Look()
+        cards = [_Card(self, r, look) for r in requests]
+        countdown = w.HTML("", layout=look.plain, style=look.html,
+                           _dom_classes=["cheq-countdown"])
+        children: list[Any] = [
+            w.HTML(_STYLE, layout=look.plain, style=look.html),
+            countdown,
+            *(c.box for c in cards),
+        ]
         if len(cards) > 1:
-            approve_all = w.Button(description="Approve all", button_style="success")
-            reject_all = w.Button(description="Reject all", button_style="danger")
-            approve_all.add_class("cheq-approve-all")
-            reject_all.add_class("cheq-reject-all")
+            approve_all = w.Button(description="Approve all", button_style="success",
+                                   layout=look.plain, style=look.button,
+                                   _dom_classes=["cheq-approve-all"])
+            reject_all = w.Button(description="Reject all", button_style="danger",
+                                  layout=look.plain, style=look.button,
+                                  _dom_classes=["cheq-reject-all"])
 
             def approve_each(_button: Any) -> None:
                 for card in cards:
@@ -366,12 +392,11 @@ class WidgetApprover:
 
             approve_all.on_click(approve_each)
             reject_all.on_click(reject_each)
-            children.append(w.HBox([approve_all, reject_all]))
+            children.append(w.HBox([approve_all, reject_all], layout=look.plain))
             group: list[Any] = [approve_all, reject_all]
         else:
             group = []
-        turn = w.VBox(children)
-        turn.add_class("cheq-turn")
+        turn = w.VBox(children, layout=look.plain, _dom_classes=["cheq-turn"])
 
         def tick(left: float | None) -> None:
             pending = sum(c.decision is None for c in cards)
