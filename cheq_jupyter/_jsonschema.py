@@ -59,7 +59,9 @@ def _check(
         if isinstance(options, list) and options:
             results = [_sub(option, value, path, defs) for option in options]
             if all(results):
-                non_null = [r for o, r in zip(options, results, strict=True) if o.get("type") != "null"]
+                non_null = [
+                    r for o, r in zip(options, results, strict=True) if o.get("type") != "null"
+                ]
                 if len(non_null) == 1 and value is not None:
                     errors.extend(non_null[0])
                 else:
