@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cheq_jupyter.testing._kernel import Execution, KernelFrontend  # noqa: E402
+from cheq_jupyter.testing import KernelFrontend  # noqa: E402
+from cheq_jupyter.testing._kernel import Execution  # noqa: E402
 
 LATENCY_TARGET_MS = 10.0
 CPU_TARGET_MS_PER_10S = 20.0

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from cheq_jupyter.testing import FakeMistral, call, text, tool_call, tool_calls
-from cheq_jupyter.testing._kernel import Card, Execution, ExecutionResult, KernelFrontend
+from cheq_jupyter.testing import FakeMistral, KernelFrontend, call, text, tool_call, tool_calls
+from cheq_jupyter.testing._kernel import Card, Execution, ExecutionResult
 
 pytestmark = pytest.mark.kernel
 

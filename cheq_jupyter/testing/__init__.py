@@ -5,12 +5,15 @@
 scripts are built from ``text``, ``tool_call``, ``tool_calls``/``call``, ``json_reply`` and
 ``http_error``. ``demo_responder`` is a small deterministic "model" for offline demos, and
 ``use_offline_model_unless_key()`` points notebooks at it when no ``MISTRAL_API_KEY`` is set.
+``KernelFrontend`` starts a real Jupyter kernel and drives its widgets (approval cards) the
+way a notebook frontend does.
 """
 
 from __future__ import annotations
 
 from ._fake_cheqpoint import FakeCheqpoint
 from ._fake_mistral import FakeMistral, FakeMistralScriptError
+from ._kernel import KernelFrontend
 from ._turns import Turn, call, http_error, json_reply, text, tool_call, tool_calls
 from .scenarios import demo_responder, use_offline_model_unless_key
 
@@ -18,6 +21,7 @@ __all__ = [
     "FakeCheqpoint",
     "FakeMistral",
     "FakeMistralScriptError",
+    "KernelFrontend",
     "Turn",
     "call",
     "demo_responder",
