@@ -196,16 +196,16 @@ def strict_response_format(output_type: type[BaseModel]) -> dict[str, Any]:
 
 
 def _not_approved_text(decision: Decision) -> str:
-    note = f' Note from the reviewer: "{decision.decision_note}".' if decision.decision_note else ""
+    note = f" Note from the reviewer: {decision.decision_note}" if decision.decision_note else ""
     if decision.status == "rejected":
         return (
-            f"Not approved: the reviewer rejected this call, so it did not run.{note} "
-            "Do not retry it; tell the user what was not done and why."
+            "Not approved: the reviewer rejected this call, so it did not run. Do not retry it; "
+            f"tell the user what was not done and why.{note}"
         )
     if decision.status == "timed_out":
         return (
             "Not approved: no reviewer decided in time, so the call did not run. "
-            "Tell the user it is still waiting for a human decision."
+            f"Tell the user it is still waiting for a human decision.{note}"
         )
     return f"Not approved: the approval was cancelled, so the call did not run.{note}"
 
