@@ -47,6 +47,7 @@ _OUTCOMES = {
     "decided": "All calls decided.",
     "timed out": "Timed out: the undecided calls were not approved.",
     "interrupted": "Interrupted: the undecided calls were cancelled and nothing ran.",
+    "failed": "The approval card failed: the undecided calls were cancelled.",
 }
 _STYLE = (
     "<style>.cheq-card pre{white-space:pre-wrap;margin:2px 0;max-height:16em;overflow:auto}"
@@ -432,8 +433,12 @@ class WidgetApprover:
                     self._settle(card, Decision.timed_out(note, by="card"), "card")
             else:
                 outcome = "decided"
-        except KeyboardInterrupt:
-            note = "The kernel was interrupted while waiting for approval."
+        except BaseException as exc:  # an interrupt, or the wait failed: nothing is approved
+            if isinstance(exc, KeyboardInterrupt):
+                note = "The kernel was interrupted while waiting for approval."
+            else:
+                outcome = "failed"
+                note = f"The approval card failed ({type(exc).__name__}); nothing was approved."
             for card in cards:
                 self._settle(card, Decision.cancelled(note, by="card"), "card")
             raise

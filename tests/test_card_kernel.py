@@ -302,3 +302,22 @@ def test_a_decision_from_another_thread_wakes_the_card(kernel: KernelFrontend) -
     assert result.stdout == "rejected bob Not today. [True]\nFalse\n"
     assert card.status.endswith("(decided in cheqpoint)")
     assert card.decided
+
+
+REJECT_ALL = '''
+reqs = [ApprovalRequest(action="refund", summary=f"Refund c{i}", details={"customer": f"c{i}"},
+                        tool_call_id=f"abcABC12{i}") for i in (1, 2)]
+ds = WidgetApprover(timeout=30).decide_all(reqs)
+print([(d.status, d.decision_note) for d in ds])
+'''
+
+
+def test_reject_all_rejects_every_pending_card_with_its_note(kernel: KernelFrontend) -> None:
+    running = kernel.execute_async(REJECT_ALL)
+    first, second = kernel.wait_for_cards(2, execution=running)
+    first.set_value("cheq-note", "wrong customer")
+    (reject_all,) = kernel.find("cheq-reject-all", execution=running)
+    kernel.click(reject_all)
+    result = running.wait()
+    assert result.stdout == "[('rejected', 'wrong customer'), ('rejected', None)]\n"
+    assert first.status.startswith("rejected by card") and second.decided
