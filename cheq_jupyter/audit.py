@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
+import html
 import json
 import os
 import threading
@@ -52,11 +53,13 @@ __all__ = [
     "PATH_ENV",
     "AuditLog",
     "AuditRecord",
+    "AuditTable",
     "args_hash",
     "canonical_json",
     "default_path",
     "load",
     "repair",
+    "table",
     "to_dataframe",
     "verify",
 ]
@@ -484,3 +487,42 @@ def to_dataframe(
     )
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     return frame
+
+
+class AuditTable:
+    """Records shown as an HTML table in a notebook (no pandas needed); every cell escaped."""
+
+    COLUMNS = ("time", "run_id", "step", "tool", "status", "decided_by", "note", "arguments",
+               "effective_arguments")
+
+    def __init__(self, records: list[AuditRecord]) -> None:
+        self.records = records
+
+    def _cell(self, record: AuditRecord, name: str) -> str:
+        value = getattr(record, name)
+        if isinstance(value, dict):
+            value = canonical_json(value)
+        return "" if value is None else str(value)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)
+        rows = "".join(
+            "<tr>" + "".join(
+                f"<td>{html.escape(self._cell(r, c))}</td>" for c in self.COLUMNS
+            ) + "</tr>"
+            for r in self.records
+        )
+        return (
+            f"<table class='cheq-audit'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
+
+    def __repr__(self) -> str:
+        lines = [" | ".join(self.COLUMNS)]
+        lines += [" | ".join(self._cell(r, c) for c in self.COLUMNS) for r in self.records]
+        return "\n".join(lines)
+
+
+def table(path: str | os.PathLike[str] | None = None, *, verify: bool = True) -> AuditTable:
+    """The verified log as a table that renders in a notebook without pandas."""
+    return AuditTable(load(path, verify=verify))

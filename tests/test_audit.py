@@ -436,3 +436,16 @@ def test_log_file_is_fsynced_before_record_returns(tmp_path: Path,
     monkeypatch.setattr(os, "fsync", spy)
     log.record(request(), Decision.approve(by="card"))
     assert synced and synced[0] == log.path.stat().st_size
+
+
+def test_table_renders_records_escaped_without_pandas(tmp_path: Path) -> None:
+    from cheq_jupyter.approval import ApprovalRequest, Decision
+    from cheq_jupyter.audit import AuditLog, table
+
+    log = AuditLog(tmp_path / "a.jsonl")
+    request = ApprovalRequest("send", "s", {"body": "<script>x</script>"}, "abcdefghi")
+    log.record(request, Decision.reject("<b>no</b>", by="card"), response_time=1.0)
+    rendered = table(log.path)._repr_html_()
+    assert "<script>" not in rendered and "&lt;script&gt;" in rendered
+    assert "&lt;b&gt;no&lt;/b&gt;" in rendered and "<td>rejected</td>" in rendered
+    assert "rejected" in repr(table(log.path)).splitlines()[1]
