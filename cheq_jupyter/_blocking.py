@@ -300,6 +300,8 @@ def wait_for(
     Raises :class:`~cheq_jupyter.errors.FrontendUnavailableError` outside a Jupyter kernel,
     off the main thread, or on a kernel whose internals are not recognised.
     """
+    if tick <= 0:
+        raise ValueError(f"wait_for tick is {tick!r}; give a number of seconds above 0.")
     backend = _backend()
     poller = zmq.Poller()
     poller.register(backend.socket, zmq.POLLIN)

@@ -243,7 +243,11 @@ class KernelFrontend:
 
     # -- running cells -------------------------------------------------------------------------
     def execute_async(self, code: str, *, allow_stdin: bool = True) -> Execution:
-        """Send a cell (as JupyterLab does, with a ``cellId``) and return at once."""
+        """Send a cell (as JupyterLab does, with a ``cellId``) and return at once.
+
+        ``allow_stdin`` is what the request says (JupyterLab says True; nbclient False); this
+        frontend never answers ``input()``, so a cell that asks for input waits until timeout.
+        """
         content = {
             "code": code,
             "silent": False,
