@@ -136,10 +136,11 @@ def test_invalid_edit_is_refused_then_the_corrected_edit_runs(kernel: KernelFron
     with FakeMistral(script) as fake:
         running, (card,) = start(kernel, fake)
         card.set_value("cheq-args", '{"customer": "c1", "amount": "lots"}')
-        kernel.wait_until(lambda: "Cannot approve" in card.text("cheq-feedback"),
-                          what="the inline error")
+        # The feedback text and the disabled button are two widget updates: wait for both.
+        kernel.wait_until(lambda: "Cannot approve" in card.text("cheq-feedback")
+                          and card.state("cheq-approve")["disabled"],
+                          what="the inline error and a disabled Approve")
         assert "amount" in card.text("cheq-feedback")
-        assert card.state("cheq-approve")["disabled"]
         card.click("cheq-approve")  # refused: still waiting
         card.set_value("cheq-args", "{not json")
         kernel.wait_until(lambda: "not valid JSON" in card.text("cheq-feedback"),
