@@ -28,11 +28,13 @@ import html
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _blocking
 from .approval import ApprovalRequest, Decision
+from .approvers.allowlist import RunAllowList
 
 __all__ = ["Validator", "WidgetApprover"]
 
@@ -145,14 +147,25 @@ class _Card:
                              style=look.button, _dom_classes=["cheq-edit"])
         self.status = w.HTML(html.escape(_WAITING), layout=look.plain, style=look.html,
                              _dom_classes=["cheq-status"])
-        self.controls = (self.args, self.note, self.approve, self.reject, self.edit)
+        self.controls: tuple[Any, ...] = (
+            self.args, self.note, self.approve, self.reject, self.edit
+        )
+        buttons: list[Any] = [self.approve, self.reject, self.edit]
+        self.rest_of_run: Any = None
+        if approver.allow_rest_of_run and approver.allow_list.can_allow(request):
+            self.rest_of_run = w.Checkbox(
+                False, description=f"Approve later {request.action} calls in this run",
+                indent=False, layout=look.plain, _dom_classes=["cheq-rest-of-run"],
+            )
+            self.controls += (self.rest_of_run,)
+            buttons.append(self.rest_of_run)
         self.box = w.VBox(
             [
                 self.info,
                 self.args,
                 self.feedback,
                 self.note,
-                w.HBox([self.approve, self.reject, self.edit], layout=look.plain),
+                w.HBox(buttons, layout=look.plain),
                 self.status,
             ],
             layout=look.card,
@@ -222,13 +235,12 @@ class _Card:
         if problems:
             self.show_edit_state()
             return
-        self.approver._settle(
-            self,
-            Decision.approve(
-                by=self.approver.reviewer, modified_details=value, note=self.note.value.strip()
-            ),
-            "card",
+        decision = Decision.approve(
+            by=self.approver.reviewer, modified_details=value, note=self.note.value.strip()
         )
+        self.approver._settle(self, decision, "card")
+        if self.decision is decision and self.rest_of_run is not None and self.rest_of_run.value:
+            self.approver.allow_list.allow(self.request, by=self.approver.reviewer)
 
     def do_reject(self) -> None:
         if self.decision is None:
@@ -285,6 +297,8 @@ class WidgetApprover:
         reviewer: str | None = None,
         validator: Validator | None = None,
         on_decision: DecisionHook | None = None,
+        allow_list: RunAllowList | None = None,
+        allow_rest_of_run: bool = True,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError(
@@ -295,7 +309,10 @@ class WidgetApprover:
         self.reviewer = f"{reviewer} (card)" if reviewer else "card"
         self.validator: Validator = validator or _default_validator
         self.on_decision = on_decision
+        self.allow_list = allow_list if allow_list is not None else RunAllowList()
+        self.allow_rest_of_run = allow_rest_of_run
         self._lock = threading.Lock()
+        self._turn_shown = threading.Condition(self._lock)
         self._cards: list[_Card] = []
         self._external: list[_Card] = []
         self._waker: _blocking.Waker | None = None
@@ -331,22 +348,30 @@ class WidgetApprover:
                 log.exception("on_decision hook failed for %s", card.request.tool_call_id)
 
     def decide_externally(
-        self, tool_call_id: str, decision: Decision, *, source: str = "external"
+        self, tool_call_id: str, decision: Decision, *, source: str = "external",
+        wait: float = 0.0,
     ) -> bool:
         """Decide a card from another thread (e.g. a remote approver racing the card).
 
         Returns ``True`` when this decided the card; ``False`` when the card was already
-        decided (the first decision wins) or no card with that id is waiting.
+        decided (the first decision wins) or no card with that id is waiting.  ``wait`` is how
+        long to wait for that card to be shown (a remote answer may beat the card).
         """
-        with self._lock:
-            for card in self._cards:
-                if card.request.tool_call_id == tool_call_id and card.decision is None:
-                    card.decision, card.source = decision, source
-                    self._external.append(card)
-                    waker = self._waker
+        deadline = time.monotonic() + wait
+        with self._turn_shown:
+            while True:
+                card = next(
+                    (c for c in self._cards if c.request.tool_call_id == tool_call_id), None
+                )
+                remaining = deadline - time.monotonic()
+                if card is not None or remaining <= 0:
                     break
-            else:
+                self._turn_shown.wait(remaining)
+            if card is None or card.decision is not None:
                 return False
+            card.decision, card.source = decision, source
+            self._external.append(card)
+            waker = self._waker
         if waker is not None:
             waker.wake()
         return True
@@ -362,6 +387,15 @@ class WidgetApprover:
         """Show one card per request, wait until all are decided, return them in order."""
         if not requests:
             return []
+        allowed = [self.allow_list.decide(r) for r in requests]
+        if all(d is not None for d in allowed):
+            self._show_allowed(requests, allowed)
+            return [d for d in allowed if d is not None]
+        if any(d is not None for d in allowed):
+            asked = [r for r, d in zip(requests, allowed, strict=True) if d is None]
+            self._show_allowed(requests, allowed)
+            answers = iter(self.decide_all(asked))
+            return [d if d is not None else next(answers) for d in allowed]
         _blocking.check_kernel()  # fail before showing cards nobody can click
         import ipywidgets as w
         from IPython.display import display
@@ -412,8 +446,9 @@ class WidgetApprover:
             return all(c.decision is not None for c in cards)
 
         waker = _blocking.Waker()
-        with self._lock:
+        with self._turn_shown:
             self._cards, self._external, self._waker = cards, [], waker
+            self._turn_shown.notify_all()
         bundle = turn._repr_mimebundle_()
         names = ", ".join(r.action for r in requests)
         bundle["text/plain"] = f"Approval card for {names} (the decisions are recorded below)."
@@ -448,6 +483,19 @@ class WidgetApprover:
             countdown.value = html.escape(_OUTCOMES[outcome])
             self._show_record(cards, display)
         return [c.decision for c in cards if c.decision is not None]
+
+    @staticmethod
+    def _show_allowed(
+        requests: Sequence[ApprovalRequest], allowed: Sequence[Decision | None]
+    ) -> None:
+        """One line per call approved by an earlier "rest of this run" tick (no card)."""
+        from IPython.display import display
+
+        for request, decision in zip(requests, allowed, strict=True):
+            if decision is not None:
+                text = f"{request.action}: {decision.describe()}"
+                display({"text/html": f"<div class='cheq-allowed'>{html.escape(text)}</div>",
+                         "text/plain": text}, raw=True)
 
     def _close_turn(self) -> None:
         """No more external decisions for this turn; show the ones that arrived."""

@@ -113,10 +113,10 @@ class NotebookEvents(AgentEvents):
             self._set_status(f"✔ Step {step}: the model answered.")
 
     def decided(self, requests: Sequence[ApprovalRequest], decisions: Sequence[Decision]) -> None:
-        # The card shows its own record; other approvers get a line each here.
-        if self.approver_name == "card":
-            return
+        # A card shows its own decisions (and keeps a record); the others get a line each.
         for request, decision in zip(requests, decisions, strict=True):
+            if decision.decided_by == "card" or decision.decided_by.endswith("(card)"):
+                continue
             line = f"{request.action}: {decision.describe()}"
             _display({"text/html": f"<div class='cheq-decision'>{html.escape(line)}</div>",
                       "text/plain": line})

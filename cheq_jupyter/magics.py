@@ -17,7 +17,7 @@ from traitlets import Enum, Float, Int, Unicode
 __all__ = ["MistralAgentMagics"]
 
 #: Approver names for ``--approver`` and the ``approver`` setting.
-APPROVERS = ("auto", "card", "console", "cheqpoint", "policy", "replay")
+APPROVERS = ("auto", "card", "console", "cheqpoint", "race", "policy", "replay")
 
 
 def _options(func: Any) -> Any:
@@ -39,7 +39,8 @@ def _options(func: Any) -> Any:
         argument("--approve", metavar="NAMES", help="Tools that run without asking."),
         argument("--deny", metavar="NAMES", help="Tools that are always refused."),
         argument("--approver", choices=APPROVERS,
-                 help="Who decides: card, console, cheqpoint, policy, replay or auto."),
+                 help="Who decides: card, console, cheqpoint, race (card and cheqpoint), "
+                      "policy, replay or auto."),
         argument("--audit", metavar="PATH", help="Audit log file ('' to disable)."),
         argument("--continue", dest="continue_", metavar="VAR",
                  help="Carry on the conversation held in an earlier result."),

@@ -35,6 +35,11 @@ def _base_approver(name: str, plan: CellPlan) -> tuple[Approver, str]:
         from .approvers.cheqpoint import CheqpointApprover
 
         return CheqpointApprover(timeout=plan.timeout), "cheqpoint"
+    if name == "race":
+        from .approvers.race import RaceApprover
+
+        race = RaceApprover(timeout=plan.timeout)
+        return race, race.name
     if name == "replay":
         from .approvers.headless import ReplayApprover
 
@@ -46,7 +51,7 @@ def _base_approver(name: str, plan: CellPlan) -> tuple[Approver, str]:
     if name == "policy":
         return Policy(ask=None), "policy"
     raise ConfigurationError(f"Unknown approver {name!r}; use one of card, console, cheqpoint, "
-                             "policy, replay or auto.")
+                             "race, policy, replay or auto.")
 
 
 def build_approver(plan: CellPlan) -> tuple[Approver, str]:

@@ -19,6 +19,7 @@ __all__ = [
     "ApproverChoice",
     "CheqpointApprover",
     "ConsoleApprover",
+    "RaceApprover",
     "ReplayApprover",
     "RunAllowList",
     "choose_approver",
@@ -29,6 +30,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "CheqpointApprover": "cheq_jupyter.approvers.cheqpoint",
     "ConsoleApprover": "cheq_jupyter.approvers.console",
+    "RaceApprover": "cheq_jupyter.approvers.race",
     "ReplayApprover": "cheq_jupyter.approvers.replay",
     "RunAllowList": "cheq_jupyter.approvers.allowlist",
     "ApproverChoice": "cheq_jupyter.approvers.headless",
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from .cheqpoint import CheqpointApprover
     from .console import ConsoleApprover
     from .headless import ApproverChoice, choose_approver, default_approver, detect_surroundings
+    from .race import RaceApprover
     from .replay import ReplayApprover
 
 

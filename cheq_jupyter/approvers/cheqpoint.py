@@ -36,7 +36,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ..approval import ApprovalRequest, Decision
@@ -151,17 +151,27 @@ class CheqpointApprover:
         return self.decide_all([request])[0]
 
     def decide_all(
-        self, requests: Sequence[ApprovalRequest], *, stop: threading.Event | None = None
+        self,
+        requests: Sequence[ApprovalRequest],
+        *,
+        stop: threading.Event | None = None,
+        on_decision: Callable[[ApprovalRequest, Decision], None] | None = None,
     ) -> list[Decision]:
         """File every request, then poll until each is decided or the time is up.
 
-        ``stop`` (for racing another approver): once set, requests still pending end as
-        ``cancelled`` ("decided elsewhere") without waiting further.
+        For racing another approver: once ``stop`` is set, requests still pending end as
+        ``cancelled`` ("decided elsewhere") without waiting further; ``on_decision`` is told of
+        each answer Cheqpoint gives, as it arrives.
         """
         with self._lock:
-            return self._decide_all(list(requests), stop or threading.Event())
+            return self._decide_all(list(requests), stop or threading.Event(), on_decision)
 
-    def _decide_all(self, requests: list[ApprovalRequest], stop: threading.Event) -> list[Decision]:
+    def _decide_all(
+        self,
+        requests: list[ApprovalRequest],
+        stop: threading.Event,
+        on_decision: Callable[[ApprovalRequest, Decision], None] | None,
+    ) -> list[Decision]:
         decisions: list[Decision | None] = [None] * len(requests)
         pending: dict[int, str] = {}
         for i, request in enumerate(requests):
@@ -188,6 +198,8 @@ class CheqpointApprover:
                 if decision is not None:
                     decisions[i] = decision
                     del pending[i]
+                    if on_decision is not None:
+                        on_decision(requests[i], decision)
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
                 break

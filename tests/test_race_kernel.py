@@ -1,0 +1,102 @@
+"""Race mode (card + Cheqpoint) and "approve for the rest of this run", in a real kernel."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from cheq_jupyter.testing import FakeCheqpoint, FakeMistral, KernelFrontend, text, tool_call
+
+pytestmark = pytest.mark.kernel
+
+SETUP = '''
+import json, os
+from cheq_jupyter import WidgetApprover, run_agent
+from cheq_jupyter.approvers import RaceApprover
+RAN = []
+def refund(customer: str, amount: float) -> str:
+    """Refund money to a customer."""
+    RAN.append({"customer": customer, "amount": amount})
+    return f"refunded {amount} to {customer}"
+'''
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[KernelFrontend]:
+    with KernelFrontend() as k:
+        result = k.execute(SETUP)
+        assert result.status == "ok", result.error
+        yield k
+
+
+def cell(fake: FakeMistral, approver: str, inbox: FakeCheqpoint | None = None) -> str:
+    env = ""
+    if inbox is not None:
+        env = (f"os.environ['CQ_API_KEY'] = {inbox.api_key!r}\n"
+               f"os.environ['CQ_BASE_URL'] = {inbox.url!r}\n")
+    return (
+        f"RAN.clear()\n{env}"
+        f"os.environ['MISTRAL_API_KEY'] = {fake.api_key!r}\n"
+        f"os.environ['MISTRAL_SERVER_URL'] = {fake.url!r}\n"
+        f"r = run_agent('refund', tools=[refund], approver={approver})\n"
+        "print('RAN:', json.dumps(RAN))\n"
+        "print('BY:', json.dumps([(d.decided_by, d.status, d.decision_note) for d in r.decisions]))"
+    )
+
+
+def printed(stdout: str, label: str) -> list[object]:
+    line = next(x for x in stdout.splitlines() if x.startswith(label))
+    return json.loads(line[len(label):])
+
+
+REFUND = tool_call("refund", {"customer": "c1", "amount": 30})
+
+
+def test_a_cheqpoint_decision_wins_the_race_and_the_card_says_so(kernel: KernelFrontend) -> None:
+    with FakeMistral([REFUND, text("ok")]) as fake, FakeCheqpoint(
+        auto={"refund": ("REJECTED", None, "Not this customer")}
+    ) as inbox:
+        running = kernel.execute_async(cell(fake, "RaceApprover(timeout=60)", inbox))
+        (card,) = kernel.wait_for_cards(1, execution=running)
+        result = running.wait()
+    assert result.status == "ok", result.error
+    assert printed(result.stdout, "RAN: ") == []
+    assert printed(result.stdout, "BY: ") == [["cheqpoint", "rejected", "Not this customer"]]
+    assert card.decided and card.status.endswith("(decided in cheqpoint)")
+    assert any("decided in cheqpoint" in h for h in result.html if "cheq-record" in h)
+
+
+def test_the_card_wins_while_cheqpoint_is_still_pending(kernel: KernelFrontend) -> None:
+    with FakeMistral([REFUND, text("ok")]) as fake, FakeCheqpoint() as inbox:
+        running = kernel.execute_async(cell(fake, "RaceApprover(timeout=60)", inbox))
+        (card,) = kernel.wait_for_cards(1, execution=running)
+        inbox.wait_for_request(0)  # the same call is waiting in the inbox too
+        card.click("cheq-approve")
+        result = running.wait()
+    assert result.status == "ok", result.error
+    assert printed(result.stdout, "RAN: ") == [{"customer": "c1", "amount": 30}]
+    assert printed(result.stdout, "BY: ")[0][:2] == ["card", "approved"]
+    assert "decided in" not in card.status
+
+
+def test_approve_for_the_rest_of_the_run_skips_later_cards_of_that_tool(
+    kernel: KernelFrontend,
+) -> None:
+    script = [REFUND, tool_call("refund", {"customer": "c2", "amount": 5}), text("both done")]
+    with FakeMistral(script) as fake:
+        running = kernel.execute_async(cell(fake, "WidgetApprover(timeout=60)"))
+        (card,) = kernel.wait_for_cards(1, execution=running)
+        card.set_value("cheq-rest-of-run", True)
+        kernel.wait_until(lambda: card.state("cheq-rest-of-run")["value"] is True,
+                          what="the checkbox to tick")
+        card.click("cheq-approve")
+        result = running.wait()
+    assert result.status == "ok", result.error
+    assert printed(result.stdout, "RAN: ") == [{"customer": "c1", "amount": 30},
+                                               {"customer": "c2", "amount": 5}]
+    decisions = printed(result.stdout, "BY: ")
+    assert [d[:2] for d in decisions] == [["card", "approved"], ["policy", "approved"]]
+    assert "Approved for the rest of this run" in str(decisions[1][2])
+    assert len(kernel.cards(execution=running)) == 1  # no second card was shown
