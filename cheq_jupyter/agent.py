@@ -492,13 +492,39 @@ def _request_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "messages": copy.deepcopy(kwargs["messages"])}
 
 
-def _model_error(exc: Exception, client: Any) -> CheqJupyterError:
+def _model_error(exc: Exception) -> CheqJupyterError:
     if getattr(exc, "status_code", None) is not None:
         return _sdk.to_model_error(exc)
     return ModelError(
         f"Could not reach the Mistral API ({type(exc).__name__}: {exc}); check your network "
         f"or {_sdk.SERVER_URL_VAR}."
     )
+
+
+class _Run:
+    """Drives :func:`_agent_steps`: hands out its requests and takes the answers back."""
+
+    def __init__(self, spec: _Spec) -> None:
+        self._steps = _agent_steps(spec)
+        self._answer: Any = None
+        self.result: AgentResult[Any] | None = None
+
+    def next_op(self) -> _ModelCall | _Invoke | None:
+        """The next thing the loop needs, or ``None`` when it has finished (see ``result``)."""
+        try:
+            return self._steps.send(self._answer)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+    def model_answered(self, response: Any) -> None:
+        self._answer = _sdk.message_to_dict(response)[0]
+
+    def tool_answered(self, value: Any = None, error: Exception | None = None) -> None:
+        self._answer = _Outcome(value=value, error=error)
+
+    def close(self) -> None:
+        self._steps.close()
 
 
 def run_agent(
@@ -532,26 +558,23 @@ def run_agent(
                 f"Tool {t.name} is async; use `await arun_agent(...)` to run async tools."
             )
     client = client if client is not None else _sdk.client_from_env()
-    gen = _agent_steps(spec)
-    answer: Any = None
+    run = _Run(spec)
     try:
-        while True:
-            op = gen.send(answer)
+        while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
                 try:
                     response = client.chat.complete(**_request_kwargs(op.kwargs))
                 except Exception as exc:
-                    raise _model_error(exc, client) from None
-                answer = _sdk.message_to_dict(response)[0]
+                    raise _model_error(exc) from None
+                run.model_answered(response)
             else:
                 try:
-                    answer = _Outcome(value=op.tool.function(**op.kwargs))
+                    run.tool_answered(op.tool.function(**op.kwargs))
                 except Exception as exc:
-                    answer = _Outcome(error=exc)
-    except StopIteration as stop:
-        return cast(AgentResult[OutputT], stop.value)
+                    run.tool_answered(error=exc)
     finally:
-        gen.close()
+        run.close()
+    return cast(AgentResult[OutputT], run.result)
 
 
 async def arun_agent(
@@ -576,26 +599,21 @@ async def arun_agent(
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries)
     client = client if client is not None else _sdk.client_from_env()
-    gen = _agent_steps(spec)
-    answer: Any = None
+    run = _Run(spec)
     try:
-        while True:
-            op = gen.send(answer)
+        while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
                 try:
                     response = await client.chat.complete_async(**_request_kwargs(op.kwargs))
                 except Exception as exc:
-                    raise _model_error(exc, client) from None
-                answer = _sdk.message_to_dict(response)[0]
+                    raise _model_error(exc) from None
+                run.model_answered(response)
             else:
                 try:
                     value = op.tool.function(**op.kwargs)
-                    if op.tool.is_async:
-                        value = await value
-                    answer = _Outcome(value=value)
+                    run.tool_answered(await value if op.tool.is_async else value)
                 except Exception as exc:
-                    answer = _Outcome(error=exc)
-    except StopIteration as stop:
-        return cast(AgentResult[OutputT], stop.value)
+                    run.tool_answered(error=exc)
     finally:
-        gen.close()
+        run.close()
+    return cast(AgentResult[OutputT], run.result)
