@@ -101,11 +101,13 @@ class AgentResult(Generic[OutputT]):
 
     def __repr__(self) -> str:
         ran = sum(1 for c in self.tool_calls if c.ran)
-        shown = self.output if self.output is not None else self.text
+        shown = repr(self.output if self.output is not None else self.text)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
         return (
             f"AgentResult(steps={self.steps}, tool_calls={len(self.tool_calls)}, ran={ran}, "
-            f"stop_reason={self.stop_reason!r}, {'output' if self.output else 'text'}="
-            f"{shown!r})"
+            f"stop_reason={self.stop_reason!r}, "
+            f"{'output' if self.output is not None else 'text'}={shown})"
         )
 
 
