@@ -2,14 +2,15 @@
 
 Run from the repository root (about a minute)::
 
-    .venv/bin/python benchmarks/approval_latency.py [--clicks 15] [--seconds 10]
+    .venv/bin/python benchmarks/approval_latency.py [--clicks 15] [--seconds 10] [--quick]
 
 It starts real kernels with jupyter_client: the current interpreter's (ipykernel 7.x) and, for
 the baseline, ``.venv-k6`` (ipykernel 6.29, the only kernel where jupyter-ui-poll works; make
 it with ``python3 -m venv .venv-k6 && .venv-k6/bin/pip install 'ipykernel==6.29.5' ipywidgets
 jupyter_client pydantic mistralai pytest jupyter-ui-poll && .venv-k6/bin/pip install --no-deps
--e .``).  Latency: a button click is sent as the browser sends it; the time until the resumed
-cell's marker arrives on iopub, median over ``--clicks``.  CPU: ``time.process_time()`` of the
+-e .``; ``benchmarks/run_all.py`` creates it when missing).  Latency: a button click is
+sent as the browser sends it; the time until the resumed cell's marker arrives on iopub,
+median over ``--clicks``.  CPU: ``time.process_time()`` of the
 kernel process (all its threads) across a ``--seconds`` blocked wait nobody answers.
 Targets: <= 10 ms median latency and <= 20 ms CPU per 10 s.
 """
@@ -27,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _table import Row, print_table, ratio  # noqa: E402
 
 from cheq_jupyter.testing import KernelFrontend  # noqa: E402
 from cheq_jupyter.testing._kernel import Execution  # noqa: E402
@@ -82,7 +85,7 @@ print("CPU", (time.process_time() - _t0) * 1000, flush=True)
 
 
 @dataclass
-class Row:
+class Measured:
     approach: str
     kernel: str
     latency_ms: float | None
@@ -121,8 +124,9 @@ def _cpu(kernel: KernelFrontend, wait: str, seconds: float) -> float:
     return float(line.split()[1])
 
 
-def measure(python: str, clicks: int, seconds: float, with_ui_poll: bool) -> tuple[str, list[Row]]:
-    rows = []
+def measure(python: str, clicks: int, seconds: float,
+            with_ui_poll: bool) -> tuple[str, list[Measured]]:
+    found: list[Measured] = []
     with KernelFrontend(python=python, cwd=str(ROOT)) as kernel:
         setup = SETUP + ("from jupyter_ui_poll import run_ui_poll_loop\n" if with_ui_poll else "")
         assert kernel.execute(setup).status == "ok"
@@ -132,62 +136,75 @@ def measure(python: str, clicks: int, seconds: float, with_ui_poll: bool) -> tup
             latency = _latency(kernel, BUTTON_CELL.format(wait=WAITS[approach]),
                                lambda ex: kernel.find("bench-go", execution=ex)[0], clicks)
             cpu = _cpu(kernel, IDLE_WAITS[approach], seconds) * 10 / seconds
-            rows.append(Row(approach, version, latency, cpu))
+            found.append(Measured(approach, version, latency, cpu))
         if not with_ui_poll:
             latency = _latency(kernel, CARD_CELL.format(),
                                lambda ex: kernel.find("cheq-approve", execution=ex)[0], clicks)
             total = _cpu(kernel, IDLE_WAITS["cheq WidgetApprover"], seconds)
             # The same card timing out at once: drawing, deciding and the record, no waiting.
             fixed = _cpu(kernel, "WidgetApprover(timeout=1e-6)(REQ)", seconds)
-            rows.append(Row("card: draw+decide+record", version, None, fixed, one_off=True))
-            rows.append(Row("card: waiting (countdown)", version, latency,
-                            (total - fixed) * 10 / seconds))
-    return version, rows
+            found.append(Measured("card: draw+decide+record", version, None, fixed, one_off=True))
+            found.append(Measured("card: waiting (countdown)", version, latency,
+                                  (total - fixed) * 10 / seconds))
+    return version, found
 
 
-def _fmt(value: float | None, base: float | None, target: float) -> tuple[str, str, str]:
-    if value is None:
-        return "-", "-", "-"
-    ratio = f"{value / base:.2f}x" if base else "-"
-    return f"{value:.1f}", ratio, "yes" if value <= target else "NO"
+def rows(quick: bool = False, *, clicks: int | None = None, seconds: float | None = None,
+         baseline_python: str | None = None) -> list[Row]:
+    """Latency and CPU of our waits next to jupyter-ui-poll's (``quick``: 7 clicks, 5 s)."""
+    clicks = clicks or (7 if quick else 15)
+    seconds = seconds or (5.0 if quick else 10.0)
+    baseline_python = baseline_python or str(ROOT / ".venv-k6" / "bin" / "python")
+    version, measured = measure(sys.executable, clicks, seconds, with_ui_poll=False)
+    if os.path.exists(baseline_python):
+        measured += measure(baseline_python, clicks, seconds, with_ui_poll=True)[1]
+    base = next((m for m in measured if m.approach == "jupyter-ui-poll"), None)
+    if base is not None:
+        label = f"jupyter-ui-poll, ipykernel {base.kernel}"
+    else:
+        label = f"MISSING: no {baseline_python} (see benchmarks/approval_latency.py)"
+    ours = [m for m in measured if m is not base]
+    names = {"card: waiting (countdown)": "WidgetApprover card"}
+    out: list[Row] = []
+    for m in ours:
+        if m.latency_ms is not None:
+            b = base.latency_ms if base else None
+            out.append(Row(f"click-to-resume: {names.get(m.approach, m.approach)}, ipykernel "
+                           f"{m.kernel}", m.latency_ms, "ms", f"{label} (median of {clicks})",
+                           b, ratio(m.latency_ms, b), f"<= {LATENCY_TARGET_MS:g} ms",
+                           m.latency_ms <= LATENCY_TARGET_MS))
+    for m in ours:
+        if m.cpu_ms_per_10s is not None and not m.one_off:
+            b = base.cpu_ms_per_10s if base else None
+            out.append(Row(f"CPU while blocked: {names.get(m.approach, m.approach)}, ipykernel "
+                           f"{m.kernel}", m.cpu_ms_per_10s, "ms/10s",
+                           f"{label} ({seconds:g} s wait)", b, ratio(m.cpu_ms_per_10s, b),
+                           f"<= {CPU_TARGET_MS_PER_10S:g} ms/10s",
+                           m.cpu_ms_per_10s <= CPU_TARGET_MS_PER_10S))
+    for m in ours:
+        if m.one_off:
+            out.append(Row(f"card draw+decide+record (timeout at once), ipykernel {version}",
+                           m.cpu_ms_per_10s, "ms CPU"))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clicks", type=int, default=15)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clicks", type=int, default=None, help="default 15 (--quick: 7)")
+    parser.add_argument("--seconds", type=float, default=None, help="default 10 (--quick: 5)")
     parser.add_argument("--baseline-python", default=str(ROOT / ".venv-k6" / "bin" / "python"))
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
-    rows: list[Row] = []
-    _, current = measure(sys.executable, args.clicks, args.seconds, with_ui_poll=False)
-    rows += current
-    if os.path.exists(args.baseline_python):
-        _, old = measure(args.baseline_python, args.clicks, args.seconds, with_ui_poll=True)
-        rows += old
-    else:
-        print(f"(no baseline: {args.baseline_python} does not exist; see the module doc)")
-    base = next((r for r in rows if r.approach == "jupyter-ui-poll"), None)
-    header = (
-        f"{'approach':<28} {'ipykernel':<10} {'latency ms':>10} {'vs base':>8} {'<=10?':>6} "
-        f"{'CPU ms/10s':>11} {'vs base':>8} {'<=20?':>6}"
-    )
-    print(f"\nClick-to-resume latency (median of {args.clicks}) and kernel CPU during a "
-          f"{args.seconds:g} s blocked wait; baseline: jupyter-ui-poll on ipykernel 6.29")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        lat = _fmt(r.latency_ms, base.latency_ms if base else None, LATENCY_TARGET_MS)
-        cpu = _fmt(r.cpu_ms_per_10s, base.cpu_ms_per_10s if base else None,
-                   CPU_TARGET_MS_PER_10S)
-        if r.one_off:
-            cpu = (f"{r.cpu_ms_per_10s:.1f} once", "-", "-")
-        print(f"{r.approach:<28} {r.kernel:<10} {lat[0]:>10} {lat[1]:>8} {lat[2]:>6} "
-              f"{cpu[0]:>11} {cpu[1]:>8} {cpu[2]:>6}")
-    print(f"\n(total {time.monotonic() - started:.0f} s.  The card rows split a card that "
-          f"times out after {args.seconds:g} s into its one-off cost, in ms, and the wait "
-          "with its once-a-second countdown; the card's latency includes settling the card "
-          "and displaying the record.)")
+    table = rows(args.quick, clicks=args.clicks, seconds=args.seconds,
+                 baseline_python=args.baseline_python)
+    print()
+    print_table(table, "Click-to-resume latency (median) and kernel CPU during a blocked wait "
+                "nobody answers; baseline: jupyter-ui-poll on ipykernel 6.29")
+    print(f"\n(total {time.monotonic() - started:.0f} s.  The card's CPU is split into its "
+          "one-off cost (drawn, timed out at once, recorded), in ms, and the wait with its "
+          "once-a-second countdown; the card's latency includes settling the card and "
+          "displaying the record.)")
 
 
 if __name__ == "__main__":

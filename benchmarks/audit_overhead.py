@@ -7,7 +7,7 @@ the bare durable append (``record`` <= 1.5 x), and recording every decision cost
 most 10 % (<= 1.10 x) when the model answers in ~20 ms (a loopback model answers in ~2 ms,
 which the table also shows: there the fsync per decision dominates).
 
-    python benchmarks/audit_overhead.py [--records 200] [--rounds 9]
+    python benchmarks/audit_overhead.py [--records 200] [--rounds 9] [--quick]
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _table import Row, print_table
 
 from cheq_jupyter import approve_all, run_agent
 from cheq_jupyter.approval import ApprovalRequest, Decision
@@ -87,39 +89,42 @@ def run(directory: Path, calls: int, delay: float, audited: bool) -> float:
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--records", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--calls", type=int, default=20)
-    args = parser.parse_args()
+def rows(quick: bool = False, *, records: int = 200, rounds: int | None = None,
+         calls: int = 20) -> list[Row]:
+    """Both comparisons, alternating, in one temporary directory (``quick``: 3 rounds)."""
+    rounds = rounds or (3 if quick else 9)
+    out: list[Row] = []
     with tempfile.TemporaryDirectory(dir=os.getcwd(), prefix=".bench-audit-") as tmp:
         directory = Path(tmp)
         appends(directory, 5)
-        bare, ours = appends(directory, args.records * args.rounds)
-        b, o = statistics.median(bare), statistics.median(ours)
-        print(f"one durable append, median of {len(bare)} interleaved appends each")
-        print(f"{'append':<36}{'median us':>12}{'ratio':>9}{'target':>9}")
-        print(f"{'bare JSONL + fsync (baseline)':<36}{b * 1e6:>12.1f}{1.0:>9.3f}")
-        print(f"{'AuditLog.record':<36}{o * 1e6:>12.1f}{o / b:>9.3f}"
-              f"{'<= ' + str(APPEND_TARGET):>9}")
-        verdicts = [o / b <= APPEND_TARGET]
-        print()
-        print(f"{args.calls}-call run_agent + approve_all, median of {args.rounds} rounds")
-        print(f"{'run':<36}{'median ms':>12}{'ratio':>9}{'target':>9}")
+        bare, ours = appends(directory, records * rounds)
+        b, o = statistics.median(bare) * 1e6, statistics.median(ours) * 1e6
+        out.append(Row("audit: one AuditLog.record (hash chain + fsync)", o, "us",
+                       f"bare JSONL append + fsync (median of {len(bare)})", b, o / b,
+                       f"ratio <= {APPEND_TARGET}", o / b <= APPEND_TARGET))
         for delay in (0.0, 0.02):
             plain, logged = [], []
-            for _ in range(args.rounds):
-                plain.append(run(directory, args.calls, delay, False))
-                logged.append(run(directory, args.calls, delay, True))
-            p, q = statistics.median(plain), statistics.median(logged)
-            label = f"model answers in {'~2' if not delay else '~20'} ms"
-            target = f"<= {RUN_TARGET}" if delay else "(info)"
-            print(f"{'no audit log, ' + label:<36}{p * 1000:>12.1f}{1.0:>9.3f}")
-            print(f"{'AuditLog, ' + label:<36}{q * 1000:>12.1f}{q / p:>9.3f}{target:>9}")
-            if delay:
-                verdicts.append(q / p <= RUN_TARGET)
-        print("PASS" if all(verdicts) else "OVER TARGET")
+            for _ in range(rounds):
+                plain.append(run(directory, calls, delay, False))
+                logged.append(run(directory, calls, delay, True))
+            p, q = statistics.median(plain) * 1000, statistics.median(logged) * 1000
+            model = f"model answers in {'~2' if not delay else '~20'} ms"
+            out.append(Row(f"audit: {calls}-call run with AuditLog, {model}", q, "ms",
+                           f"same run, no audit log (median of {rounds})", p, q / p,
+                           f"ratio <= {RUN_TARGET}" if delay else "",
+                           q / p <= RUN_TARGET if delay else None))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=None, help="default 9 (--quick: 3)")
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print_table(rows(args.quick, records=args.records, rounds=args.rounds, calls=args.calls),
+                "Audit log cost, interleaved with its baseline in one temporary directory")
 
 
 if __name__ == "__main__":

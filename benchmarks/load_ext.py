@@ -3,7 +3,7 @@
 Each measurement starts a new kernel (nothing cached in ``sys.modules``) and times the line
 inside the kernel with ``time.perf_counter``. Target: ``%load_ext`` adds <= 100 ms.
 
-    python benchmarks/load_ext.py [--rounds 5]
+    python benchmarks/load_ext.py [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import statistics
 import sys
 from typing import Any
 
+from _table import Row, print_table, ratio
 from jupyter_client.manager import start_new_kernel
 
 TARGET_MS = 100.0
@@ -48,24 +49,28 @@ def time_in_fresh_kernel(code: str) -> float:
         km.shutdown_kernel(now=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def rows(quick: bool = False, *, rounds: int | None = None) -> list[Row]:
+    """``%load_ext`` and the SDK import, each in fresh kernels (``quick``: 3 rounds)."""
+    rounds = rounds or (3 if quick else 5)
     results: dict[str, list[float]] = {name: [] for name in CASES}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, code in CASES.items():
             results[name].append(time_in_fresh_kernel(code))
     base = statistics.median(results["empty line (baseline)"])
-    sdk = statistics.median(results["import mistralai SDK (reference)"])
-    print(f"fresh kernel per measurement, median of {args.rounds} ({sys.executable})")
-    print(f"{'what':<34}{'median ms':>11}{'vs SDK import':>15}{'target':>10}")
-    for name, values in results.items():
-        ms = statistics.median(values) - (0 if name.startswith("empty") else base)
-        target = f"<= {TARGET_MS:.0f}" if name.startswith("%load_ext") else ""
-        print(f"{name:<34}{ms:>11.1f}{ms / sdk:>15.2f}{target:>10}")
     load = statistics.median(results["%load_ext cheq_jupyter"]) - base
-    print("PASS" if load <= TARGET_MS else "OVER TARGET")
+    sdk = statistics.median(results["import mistralai SDK (reference)"]) - base
+    return [Row("%load_ext cheq_jupyter, fresh kernel", load, "ms",
+                f"import mistralai SDK (median of {rounds})", sdk, ratio(load, sdk),
+                f"<= {TARGET_MS:.0f} ms", load <= TARGET_MS)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=None, help="default 5 (--quick: 3)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print_table(rows(args.quick, rounds=args.rounds),
+                f"fresh kernel per measurement, minus an empty line's time ({sys.executable})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Both run in this process against one FakeMistral, alternating, so machine noise hits both.
 Prints a table; the target is a ratio <= 1.05 (the gate costs at most 5 % of a run).
 
-    python benchmarks/loop_overhead.py [--calls 20] [--rounds 15]
+    python benchmarks/loop_overhead.py [--calls 20] [--rounds 15] [--quick]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _table import Row, print_table
 
 from cheq_jupyter import approve_all, run_agent
 from cheq_jupyter.testing import FakeMistral, text, tool_call
@@ -82,24 +84,29 @@ def measure(run: Callable[[FakeMistral, Any, int], None], calls: int) -> float:
         return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args()
+def rows(quick: bool = False, *, calls: int = 20, rounds: int | None = None) -> list[Row]:
+    """The gated loop vs the bare SDK loop, alternating rounds (``quick``: 5 rounds)."""
+    rounds = rounds or (5 if quick else 15)
     measure(bare_sdk, 2), measure(gated, 2)  # warm imports and connection code
     bare: list[float] = []
     ours: list[float] = []
-    for _ in range(args.rounds):
-        bare.append(measure(bare_sdk, args.calls))
-        ours.append(measure(gated, args.calls))
-    b, o = statistics.median(bare), statistics.median(ours)
-    ratio = o / b
-    print(f"{args.calls}-call tool loop against FakeMistral, median of {args.rounds} rounds")
-    print(f"{'run':<28}{'median ms':>12}{'ratio':>9}{'target':>9}")
-    print(f"{'bare SDK (baseline)':<28}{b * 1000:>12.1f}{1.0:>9.3f}{'':>9}")
-    print(f"{'run_agent + approve_all':<28}{o * 1000:>12.1f}{ratio:>9.3f}{'<= ' + str(TARGET):>9}")
-    print("PASS" if ratio <= TARGET else "OVER TARGET")
+    for _ in range(rounds):
+        bare.append(measure(bare_sdk, calls))
+        ours.append(measure(gated, calls))
+    b, o = statistics.median(bare) * 1000, statistics.median(ours) * 1000
+    r = o / b
+    return [Row(f"loop overhead: run_agent + approve_all, {calls} calls", o, "ms",
+                f"bare SDK loop (median of {rounds})", b, r, f"ratio <= {TARGET}", r <= TARGET)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=None, help="default 15 (--quick: 5)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print_table(rows(args.quick, calls=args.calls, rounds=args.rounds),
+                f"{args.calls}-call tool loop against FakeMistral, alternating rounds")
 
 
 if __name__ == "__main__":
