@@ -5,9 +5,9 @@
 Rows: click-to-resume latency and kernel CPU of a blocked cell (vs jupyter-ui-poll on
 ipykernel 6.29), loop overhead (vs the bare SDK loop), ``%load_ext`` time (vs importing the
 SDK), time to show 50 parallel cards (vs the same plain ipywidgets) and the audit log's cost
-(vs a bare fsynced append / a run without the log).  About 3 minutes on 2 cores; ``--quick``
-takes fewer rounds (about 1.5 minutes).  Machines are noisy: read the ratios, and run again
-before trusting a single OVER.
+(vs a bare fsynced append / a run without the log).  About 100 s on 2 cores; ``--quick``
+takes fewer rounds (about 45 s).  Machines are noisy: read the ratios, and run again before
+trusting a single OVER (the loop-overhead ratio moves by +-10 % on a shared, loaded machine).
 
 The jupyter-ui-poll baseline needs ipykernel 6.29 (it hangs on 7.x); the first run creates
 ``.venv-k6`` for it (a venv with ``ipykernel==6.29.5`` and ``jupyter-ui-poll`` from PyPI,
