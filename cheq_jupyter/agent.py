@@ -489,11 +489,6 @@ def _build_spec(
     )
 
 
-def _request_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # The SDK serialises its arguments; hand it a snapshot so later appends don't alias.
-    return {**kwargs, "messages": copy.deepcopy(kwargs["messages"])}
-
-
 def _model_error(exc: Exception) -> CheqJupyterError:
     if getattr(exc, "status_code", None) is not None:
         return _sdk.to_model_error(exc)
@@ -565,7 +560,7 @@ def run_agent(
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
                 try:
-                    response = client.chat.complete(**_request_kwargs(op.kwargs))
+                    response = client.chat.complete(**op.kwargs)
                 except Exception as exc:
                     raise _model_error(exc) from None
                 run.model_answered(response)
@@ -606,7 +601,7 @@ async def arun_agent(
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
                 try:
-                    response = await client.chat.complete_async(**_request_kwargs(op.kwargs))
+                    response = await client.chat.complete_async(**op.kwargs)
                 except Exception as exc:
                     raise _model_error(exc) from None
                 run.model_answered(response)
