@@ -53,8 +53,12 @@ _OUTCOMES = {
 }
 _STYLE = (
     "<style>.cheq-card pre{white-space:pre-wrap;margin:2px 0;max-height:16em;overflow:auto}"
+    # ipywidgets gives HTML content a 28px line height: wrapped summaries looked double-spaced.
+    ".cheq-turn .widget-html-content{line-height:1.5}"
     "</style>"
 )
+#: JupyterLab right-aligns and vertically centres HTML table cells (made for DataFrames).
+_TD = "<td style='text-align:left;vertical-align:top'>"
 
 
 def _default_validator(request: ApprovalRequest, arguments: Any) -> list[str]:
@@ -104,6 +108,10 @@ class _Look:
         self.html = HTMLStyle()
         self.text = TextStyle()
         self.button = w.ButtonStyle()
+        # Buttons and the checkbox size to their labels: the default fixed widths cut
+        # "Approve edited" to "Approve ..." in JupyterLab.
+        self.fit = w.Layout(width="auto")
+        self.row = w.Layout(flex_flow="row wrap")  # narrow notebooks: controls wrap
 
 
 class _Card:
@@ -138,12 +146,12 @@ class _Card:
             style=look.text,
         )
         self.approve = w.Button(description="Approve", button_style="success", icon="check",
-                                layout=look.plain, style=look.button,
+                                layout=look.fit, style=look.button,
                                 _dom_classes=["cheq-approve"])
         self.reject = w.Button(description="Reject", button_style="danger", icon="times",
-                               layout=look.plain, style=look.button,
+                               layout=look.fit, style=look.button,
                                _dom_classes=["cheq-reject"])
-        self.edit = w.Button(description="Edit", icon="pencil", layout=look.plain,
+        self.edit = w.Button(description="Edit", icon="pencil", layout=look.fit,
                              style=look.button, _dom_classes=["cheq-edit"])
         self.status = w.HTML(html.escape(_WAITING), layout=look.plain, style=look.html,
                              _dom_classes=["cheq-status"])
@@ -155,7 +163,7 @@ class _Card:
         if approver.allow_rest_of_run and approver.allow_list.can_allow(request):
             self.rest_of_run = w.Checkbox(
                 False, description=f"Approve later {request.action} calls in this run",
-                indent=False, layout=look.plain, _dom_classes=["cheq-rest-of-run"],
+                indent=False, layout=look.fit, _dom_classes=["cheq-rest-of-run"],
             )
             self.controls += (self.rest_of_run,)
             buttons.append(self.rest_of_run)
@@ -165,7 +173,7 @@ class _Card:
                 self.args,
                 self.feedback,
                 self.note,
-                w.HBox(buttons, layout=look.plain),
+                w.HBox(buttons, layout=look.row),
                 self.status,
             ],
             layout=look.card,
@@ -266,12 +274,13 @@ class _Card:
         verdict = html.escape(decision.describe() if decision else "undecided (not approved)")
         if decision is not None and self.source != "card":
             verdict += f" (decided in {html.escape(self.source)})"
-        args = f"<pre>{html.escape(self.original)}</pre>"
+        # JupyterLab breaks output <pre> text anywhere, which squeezed this column.
+        args = f"<pre style='word-break:normal'>{html.escape(self.original)}</pre>"
         if decision is not None and decision.modified_details is not None:
             args += f"<div>Edited: {diff_html(req.details, decision.modified_details)}</div>"
         return (
-            f"<tr><td><b>{html.escape(req.action)}</b><br>{html.escape(req.summary)}</td>"
-            f"<td>{args}</td><td>{verdict}</td></tr>"
+            f"<tr>{_TD}<b>{html.escape(req.action)}</b><br>{html.escape(req.summary)}</td>"
+            f"{_TD}{args}</td>{_TD}{verdict}</td></tr>"
         )
 
 
@@ -411,10 +420,10 @@ class WidgetApprover:
         ]
         if len(cards) > 1:
             approve_all = w.Button(description="Approve all", button_style="success",
-                                   layout=look.plain, style=look.button,
+                                   layout=look.fit, style=look.button,
                                    _dom_classes=["cheq-approve-all"])
             reject_all = w.Button(description="Reject all", button_style="danger",
-                                  layout=look.plain, style=look.button,
+                                  layout=look.fit, style=look.button,
                                   _dom_classes=["cheq-reject-all"])
 
             def approve_each(_button: Any) -> None:
