@@ -57,6 +57,11 @@ _STYLE = (
     ".cheq-turn .widget-html-content{line-height:1.5}"
     "</style>"
 )
+#: Shown when the editor opens: its text reaches the kernel when the user leaves the box.
+_EDIT_HINT = (
+    "<div>Edit the JSON, then click outside the box (or press Tab): the card checks the "
+    "arguments and shows what changed.</div>"
+)
 #: JupyterLab right-aligns and vertically centres HTML table cells (made for DataFrames).
 _TD = "<td style='text-align:left;vertical-align:top'>"
 
@@ -136,6 +141,12 @@ class _Card:
             rows=min(12, self.original.count("\n") + 2),
             layout=w.Layout(display="none", width="100%"),  # its own: Edit shows it
             style=look.text,
+            # Send the text when the user leaves the box, not on each keystroke: the browser
+            # holds back a widget's state update while an earlier one is unanswered but sends a
+            # click at once, so a quick click after typing reached the kernel before the last
+            # keystrokes (Approve ran stale arguments, Reject lost the end of the note).
+            # Pressing a button moves the focus first, so the text goes before the click.
+            continuous_update=False,
         )
         self.feedback = w.HTML("", layout=look.plain, style=look.html,
                                _dom_classes=["cheq-feedback"])
@@ -144,6 +155,7 @@ class _Card:
             _dom_classes=["cheq-note"],
             layout=look.plain,
             style=look.text,
+            continuous_update=False,  # like the editor: sent on leaving, before a click
         )
         self.approve = w.Button(description="Approve", button_style="success", icon="check",
                                 layout=look.fit, style=look.button,
@@ -231,10 +243,13 @@ class _Card:
         if self.args.layout.display == "none":
             self.args.layout.display = None
             self.edit.description = "Undo edits"
+            if not self.feedback.value:
+                self.feedback.value = _EDIT_HINT
         else:
             self.args.layout.display = "none"
             self.args.value = self.original
             self.edit.description = "Edit"
+            self.show_edit_state()
 
     def try_approve(self) -> None:
         if self.decision is not None:
