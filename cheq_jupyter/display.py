@@ -103,9 +103,10 @@ class NotebookEvents(AgentEvents):
         calls = message.get("tool_calls") or []
         if calls:
             names = ", ".join(str(c["function"]["name"]) for c in calls)
+            plural = "call" if len(calls) == 1 else "calls"
             self._set_status(
-                f"🛂 Step {step}: the model asks for {len(calls)} tool call(s) ({names}); "
-                f"waiting for approval ({self.approver_name})."
+                f"🛂 Step {step}: the model asks for {len(calls)} tool {plural} ({names}); "
+                f"each needs a decision ({self.approver_name})."
             )
             # The next status line goes below the cards and results of this turn.
             self._status = None
