@@ -1,0 +1,312 @@
+"""The quickstart in a real browser: JupyterLab on loopback, Debian's Chromium via Playwright.
+
+``test_quickstart_edit_approve_then_reject_with_note`` is a user's path through
+``notebooks/quickstart.ipynb`` on the offline demo model: run the setup cells, run the first
+``%%mistral_agent`` cell, press **Edit** on its card, change the new address, see the diff,
+**Approve**; check the tool ran once, with the edited address; run the second
+``%%mistral_agent`` cell, type a note and **Reject**; check nothing more changed and the answer
+quotes the note.  On the way it checks the card in a narrow window (no label cut short, nothing
+sticking out) and, at the end, that the browser console shows no error.
+
+``test_quick_clicks_after_typing_use_every_keystroke_on_a_slow_connection`` types and clicks at
+once while the kernel's messages reach the page 300 ms late (a distant JupyterHub): the tool
+must run with every typed character and the note must be whole.
+
+Screenshots of every stage go to ``artifacts/browser/<test>/`` (``NN-FAILED-...`` when a stage
+fails; the failure message names the stage and the screenshot and ends with the browser
+console and the JupyterLab log).  The cell with the waiting card and its diff, cropped, goes to
+``artifacts/browser/card.png``, and to ``docs/card.png`` (shown in the README) when that file
+is missing or ``CHEQ_UPDATE_SCREENSHOT=1``.
+
+Cells are run the way a person runs them: a click on the cell's prompt selects it, then
+Shift+Enter (``notebook:run-cell-and-select-next``); "done" is the execution count in the
+prompt, ``[n]``.  Widgets are found by the card's ``_dom_classes`` contract (``cheq-card``,
+``cheq-edit``, ``cheq-args``, ``cheq-note``, ``cheq-approve``, ``cheq-reject``,
+``cheq-status``).
+
+Run them (about 30 s, each test starts its own JupyterLab and Chromium)::
+
+    .venv/bin/pytest -m browser tests/test_browser.py
+    CHEQ_UPDATE_SCREENSHOT=1 .venv/bin/pytest -m browser tests/test_browser.py  # new docs/card.png
+
+The kernel runs on the test's own Python; ``CHEQ_BROWSER_KERNEL_PYTHON=.venv-k6/bin/python``
+runs it on another environment's ipykernel (the server stays on this one).
+
+It needs ``/usr/bin/chromium`` (or ``CHEQ_CHROMIUM``), ``playwright`` and ``jupyterlab``; when
+one is missing the test FAILS, so CI cannot skip it silently; ``CHEQ_SKIP_BROWSER=1`` skips it
+on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _lab import (
+    CHROMIUM,
+    LabNotebook,
+    LabServer,
+    clipped_labels,
+    fresh_dir,
+    launch_chromium,
+    overflowing,
+    remove,
+)
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
+SHOTS = ROOT / "artifacts" / "browser"
+CARD_PNG = ROOT / "docs" / "card.png"
+
+
+
+def _quickstart_cells() -> tuple[list[int], int, int, int, int]:
+    """Cell indices: (setup cells, 1st agent cell, the next code cell, 2nd agent cell, the
+    next code cell), found from the notebook, so added Markdown cells do not break the test."""
+    cells = json.loads(QUICKSTART.read_text(encoding="utf-8"))["cells"]
+    code = [i for i, c in enumerate(cells) if c["cell_type"] == "code"]
+    agents = [i for i in code if "".join(cells[i]["source"]).startswith("%%mistral_agent")]
+    assert len(agents) >= 2, "the quickstart no longer has two %%mistral_agent cells"
+    first, second = agents[:2]
+    after = [min(i for i in code if i > a) for a in (first, second)]
+    for index, wanted in ((after[0], "CHANGES"), (after[1], "changes that really happened")):
+        assert wanted in "".join(cells[index]["source"]), (
+            f"cell {index} of the quickstart no longer prints {wanted!r}; update this test")
+    return [i for i in code if i < first], first, after[0], second, after[1]
+
+
+SETUP_CELLS, FIRST_AGENT, SHOW_CHANGES, SECOND_AGENT, SHOW_AFTER_REJECT = _quickstart_cells()
+
+EDITED_EMAIL = "ada@edited.example"
+NOTE = "Alan must confirm from his old address first"
+STDOUT, MARKDOWN = "application/vnd.jupyter.stdout", "text/markdown"
+CELL_TIMEOUT = 60.0  # seconds; a cell on the offline model takes well under one
+
+
+def _missing() -> str | None:
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return (f"Chromium is not installed at {CHROMIUM}; install Debian's chromium "
+                "(apt-get install chromium) or set CHEQ_CHROMIUM to its path")
+    for module, package in (("playwright", "playwright"), ("jupyterlab", "jupyterlab"),
+                            ("jupyterlab_widgets", "jupyterlab_widgets")):
+        if importlib.util.find_spec(module) is None:
+            return f"the Python package {package} is not installed; pip install {package}"
+    return None
+
+
+@contextlib.contextmanager
+def _lab_session(name: str, *, lag_ms: int = 0) -> Iterator[LabNotebook]:
+    """JupyterLab with a fresh copy of the quickstart open in a fresh Chromium."""
+    if os.environ.get("CHEQ_SKIP_BROWSER") == "1":
+        pytest.skip("CHEQ_SKIP_BROWSER=1")
+    missing = _missing()
+    if missing:
+        pytest.fail(f"The browser test cannot run: {missing}. Set CHEQ_SKIP_BROWSER=1 to "
+                    "skip it on purpose.", pytrace=False)
+    shots = SHOTS / name
+    shutil.rmtree(shots, ignore_errors=True)
+    home = fresh_dir("cheq-browser-")
+    try:
+        notebooks = home / "notebooks"
+        notebooks.mkdir()
+        shutil.copy(QUICKSTART, notebooks / QUICKSTART.name)
+        kernel_python = os.environ.get("CHEQ_BROWSER_KERNEL_PYTHON") or None
+        with LabServer(notebooks, home=home, kernel_python=kernel_python) as server, \
+                launch_chromium(home / "chromium-profile", lag_ms=lag_ms) as page:
+            notebook = LabNotebook(page, server, shots)
+            with notebook.stage("opening the quickstart"):
+                notebook.open(QUICKSTART.name)
+            yield notebook
+            problems = [m for m in notebook.console if m.startswith(("error", "pageerror"))]
+            assert problems == [], f"errors in the browser console: {problems}"
+    finally:
+        remove(home)
+
+
+@pytest.fixture
+def lab() -> Iterator[LabNotebook]:
+    with _lab_session("quickstart") as notebook:
+        yield notebook
+
+
+@pytest.fixture
+def slow_lab() -> Iterator[LabNotebook]:
+    """As ``lab``, but everything the kernel sends reaches the page 300 ms late."""
+    with _lab_session("slow-connection", lag_ms=300) as notebook:
+        yield notebook
+
+
+def _run_setup_cells(lab: LabNotebook) -> None:
+    from playwright.sync_api import expect
+
+    with lab.stage("running the setup cells"):
+        for index in SETUP_CELLS:
+            lab.run(index)
+            lab.wait_done(index, timeout=CELL_TIMEOUT)
+            assert lab.errors(index) == [], f"cell {index} raised: {lab.errors(index)}"
+        expect(lab.outputs_of_type(SETUP_CELLS[0], STDOUT)).to_contain_text("offline demo model")
+
+
+def test_quickstart_edit_approve_then_reject_with_note(lab: LabNotebook) -> None:
+    from playwright.sync_api import expect
+
+    _run_setup_cells(lab)
+    first = lab.cell(FIRST_AGENT)
+    card = first.locator(".cheq-card")
+    with lab.stage("waiting for the first card"):
+        lab.run(FIRST_AGENT)
+        card.wait_for(state="visible", timeout=CELL_TIMEOUT * 1000)
+        expect(card).to_contain_text("change_account_email")
+        expect(card.locator(".cheq-status")).to_have_text("Waiting for your decision.")
+        expect(first.locator(".cheq-countdown")).to_contain_text(
+            re.compile(r"1 of 1 call\(s\) waiting for your decision, \d+:\d\d left"))
+        expect(lab.prompt(FIRST_AGENT)).to_have_text(re.compile(r"\[\*\]"))  # the cell waits
+
+    with lab.stage("editing the arguments"):
+        card.locator(".cheq-edit").click()
+        editor = card.locator(".cheq-args textarea")
+        editor.wait_for(state="visible", timeout=10_000)
+        original = editor.input_value()
+        assert '"new_email": "ada@new-mail.example"' in original, original
+        diff = card.locator(".cheq-feedback")
+        expect(diff).to_contain_text("click outside the box (or press Tab)")
+        editor.fill(original.replace("ada@new-mail.example", EDITED_EMAIL))
+        # As the hint says: leaving the box sends the text; the kernel answers with the diff.
+        editor.press("Tab")
+        expect(diff.locator("ins")).to_have_text(f'"{EDITED_EMAIL}"', timeout=10_000)
+        expect(diff.locator("del")).to_have_text('"ada@new-mail.example"')
+        expect(diff).to_contain_text("Edited (the tool will run with these)")
+        approve = card.locator(".cheq-approve")
+        expect(approve).to_have_text(re.compile(r"^\s*Approve edited\s*$"))
+        expect(approve).to_be_enabled()
+        assert clipped_labels(card) == []
+        lab.scroll_to_top_of(FIRST_AGENT)
+        first.screenshot(path=str(SHOTS / "card.png"))  # the cell, cropped, for the README
+        if os.environ.get("CHEQ_UPDATE_SCREENSHOT") == "1" or not CARD_PNG.exists():
+            CARD_PNG.parent.mkdir(exist_ok=True)
+            shutil.copy(SHOTS / "card.png", CARD_PNG)
+
+    with lab.stage("looking at the card in a narrow window"):
+        # A laptop-sized window with the file browser open: every label stays readable.
+        size = lab.page.viewport_size
+        lab.page.set_viewport_size({"width": 900, "height": size["height"]})
+        expect(card).to_be_visible()
+        assert clipped_labels(card) == [], "labels cut short in a narrow window"
+        assert overflowing(card) == [], "parts of the card stick out of it"
+
+    with lab.stage("approving the edited call"):
+        lab.page.set_viewport_size(size)
+        approve.click()
+        status = card.locator(".cheq-status")
+        expect(status).to_contain_text("edited and approved by card", timeout=10_000)
+        lab.wait_done(FIRST_AGENT, timeout=CELL_TIMEOUT)
+        expect(first.locator(".cheq-countdown")).to_have_text("All calls decided.")
+        for control in ("cheq-approve", "cheq-reject", "cheq-edit"):
+            expect(card.locator(f".{control}")).to_be_disabled()
+        expect(card.locator(".cheq-args textarea")).to_be_disabled()
+        record = first.locator(".cheq-record")
+        expect(record).to_contain_text("Approval record")
+        expect(record).to_contain_text("edited and approved by card")
+        expect(record.locator("ins")).to_have_text(f'"{EDITED_EMAIL}"')
+        answer = lab.outputs_of_type(FIRST_AGENT, MARKDOWN)  # the model's final answer
+        expect(answer).to_have_count(1)
+        expect(answer).to_contain_text(f"Account acct_1042 now uses {EDITED_EMAIL}")
+        assert lab.errors(FIRST_AGENT) == []
+
+    with lab.stage("printing the changes"):
+        lab.run(SHOW_CHANGES)
+        lab.wait_done(SHOW_CHANGES, timeout=CELL_TIMEOUT)
+        # The tool ran once, with the edited address.
+        expect(lab.outputs_of_type(SHOW_CHANGES, STDOUT)).to_have_text(
+            [f"[('acct_1042', '{EDITED_EMAIL}')]"])
+
+    second = lab.cell(SECOND_AGENT)
+    card2 = second.locator(".cheq-card")
+    with lab.stage("waiting for the second card"):
+        lab.run(SECOND_AGENT)
+        card2.wait_for(state="visible", timeout=CELL_TIMEOUT * 1000)
+        expect(card2).to_contain_text("alan@elsewhere.example")
+        expect(lab.prompt(SECOND_AGENT)).to_have_text(re.compile(r"\[\*\]"))
+
+    with lab.stage("rejecting with a note"):
+        # Typed key by key, then Reject at once, faster than a person: every character must
+        # reach the kernel before the click does.
+        card2.locator(".cheq-note input").press_sequentially(NOTE)
+        card2.locator(".cheq-reject").click()
+        status2 = card2.locator(".cheq-status")
+        expect(status2).to_contain_text("rejected by card", timeout=10_000)
+        expect(status2).to_contain_text(NOTE)  # the note reached the kernel with the click
+        lab.wait_done(SECOND_AGENT, timeout=CELL_TIMEOUT)
+        expect(second.locator(".cheq-record")).to_contain_text("rejected by card at")
+        expect(second.locator(".cheq-record")).to_contain_text(NOTE)
+        answer = lab.outputs_of_type(SECOND_AGENT, MARKDOWN)
+        expect(answer).to_have_count(1)
+        expect(answer).to_contain_text(NOTE)  # the model explains, quoting the note
+        assert lab.errors(SECOND_AGENT) == []
+
+    with lab.stage("checking that nothing else changed"):
+        lab.run(SHOW_AFTER_REJECT)
+        lab.wait_done(SHOW_AFTER_REJECT, timeout=CELL_TIMEOUT)
+        expect(lab.outputs_of_type(SHOW_AFTER_REJECT, STDOUT)).to_have_text(
+            [f"changes that really happened: [('acct_1042', '{EDITED_EMAIL}')]"])
+
+
+def test_quick_clicks_after_typing_use_every_keystroke_on_a_slow_connection(
+    slow_lab: LabNotebook,
+) -> None:
+    """Type, then press the button at once, with the kernel's replies 300 ms late.
+
+    ipywidgets holds back a widget's next state update until the kernel has answered the
+    previous one, but sends a click at once: if the card sent the text on every keystroke, the
+    click would overtake the last ones, and the tool would run with half-typed arguments
+    (``ada@new-mail.example.`` instead of ``.org``) or the note would be cut short.
+    """
+    from playwright.sync_api import expect
+
+    lab = slow_lab
+    _run_setup_cells(lab)
+    first = lab.cell(FIRST_AGENT)
+    card = first.locator(".cheq-card")
+    typed = "ada@new-mail.example.org"
+    with lab.stage("typing an edit and approving at once"):
+        lab.run(FIRST_AGENT)
+        card.wait_for(state="visible", timeout=CELL_TIMEOUT * 1000)
+        card.locator(".cheq-edit").click()
+        editor = card.locator(".cheq-args textarea")
+        editor.wait_for(state="visible", timeout=10_000)
+        end_of_address = editor.input_value().index("ada@new-mail.example") + len(
+            "ada@new-mail.example")
+        editor.evaluate("(box, at) => { box.focus(); box.setSelectionRange(at, at); }",
+                        end_of_address)
+        editor.press_sequentially(".org")
+        card.locator(".cheq-approve").click()
+        expect(card.locator(".cheq-status")).to_contain_text("edited and approved by card",
+                                                             timeout=10_000)
+        lab.wait_done(FIRST_AGENT, timeout=CELL_TIMEOUT)
+        expect(first.locator(".cheq-record ins")).to_have_text(f'"{typed}"')
+
+    with lab.stage("printing the changes"):
+        lab.run(SHOW_CHANGES)
+        lab.wait_done(SHOW_CHANGES, timeout=CELL_TIMEOUT)
+        expect(lab.outputs_of_type(SHOW_CHANGES, STDOUT)).to_have_text(
+            [f"[('acct_1042', '{typed}')]"])
+
+    second = lab.cell(SECOND_AGENT)
+    card2 = second.locator(".cheq-card")
+    with lab.stage("typing a note and rejecting at once"):
+        lab.run(SECOND_AGENT)
+        card2.wait_for(state="visible", timeout=CELL_TIMEOUT * 1000)
+        card2.locator(".cheq-note input").press_sequentially(NOTE)
+        card2.locator(".cheq-reject").click()
+        expect(card2.locator(".cheq-status")).to_have_text(
+            re.compile(rf"rejected by card at .*: {re.escape(NOTE)}$"), timeout=10_000)
+        lab.wait_done(SECOND_AGENT, timeout=CELL_TIMEOUT)
