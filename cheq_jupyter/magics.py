@@ -24,7 +24,8 @@ def _options(func: Any) -> Any:
     """The options shared by the cell magic (the line magic accepts --tools only)."""
     decorators = [
         magic_arguments(),
-        argument("-m", "--model", help="Mistral model name (default: the model setting)."),
+        argument("-m", "--model", metavar="NAME",
+                 help="Mistral model name (default: the model setting)."),
         argument("-t", "--tools", metavar="NAMES",
                  help="Comma-separated names of functions in the namespace to offer as tools."),
         argument("-s", "--schema", metavar="NAME",
@@ -39,8 +40,7 @@ def _options(func: Any) -> Any:
         argument("--approve", metavar="NAMES", help="Tools that run without asking."),
         argument("--deny", metavar="NAMES", help="Tools that are always refused."),
         argument("--approver", choices=APPROVERS,
-                 help="Who decides: card, console, cheqpoint, race (card and cheqpoint), "
-                      "policy, replay or auto."),
+                 help="Who decides (race = the card and Cheqpoint at once)."),
         argument("--audit", metavar="PATH", help="Audit log file ('' to disable)."),
         argument("--continue", dest="continue_", metavar="VAR",
                  help="Carry on the conversation held in an earlier result."),
@@ -115,8 +115,16 @@ class MistralAgentMagics(Magics):
         elif args.tools is None:
             lines.append("Tools: none until you pass -t/--tools NAMES "
                          "(e.g. %mistral_agent -t lookup,refund).")
-        usage = self.mistral_agent.__doc__ or ""
-        text = "\n".join(lines) + "\n\n" + usage.strip()
+        lines.append("Options of %%mistral_agent (details: %%mistral_agent?):")
+        parser = self.mistral_agent.parser
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                flags = "/".join(action.option_strings)
+                meta = f" {action.metavar}" if action.metavar else ""
+                if action.choices:
+                    meta = " {" + ",".join(map(str, action.choices)) + "}"
+                lines.append(f"  {flags + meta}\n      {action.help}")
+        text = "\n".join(lines)
         display({"text/plain": text,
                  "text/html": f"<pre class='cheq-help'>{html.escape(text)}</pre>"}, raw=True)
 
