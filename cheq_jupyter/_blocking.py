@@ -318,15 +318,17 @@ def wait_for(
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return False
-            if on_tick is not None and now >= next_tick:
-                on_tick(None if deadline is None else max(0.0, deadline - now))
+            if now >= next_tick:
+                if on_tick is not None:
+                    on_tick(None if deadline is None else max(0.0, deadline - now))
+                # Frontends may reset their busy indicator meanwhile (JupyterLab does when it
+                # opens a widget subshell): the cell is still running, so say so again.
+                backend.kernel._publish_status("busy", "shell")
                 while next_tick <= now:
                     next_tick += tick
-            until = now + _MAX_BLOCK
+            until = min(now + _MAX_BLOCK, next_tick)
             if deadline is not None:
                 until = min(until, deadline)
-            if on_tick is not None:
-                until = min(until, next_tick)
             events = dict(poller.poll(max(0, int((until - now) * 1000 + 0.999))))
             if waker is not None and waker.socket in events:
                 waker.drain()

@@ -171,6 +171,12 @@ def test_quickstart_edit_approve_then_reject_with_note(lab: LabNotebook) -> None
             re.compile(r"1 of 1 call\(s\) waiting for your decision, \d+:\d\d left"))
         expect(lab.prompt(FIRST_AGENT)).to_have_text(re.compile(r"\[\*\]"))  # the cell waits
 
+    with lab.stage("the kernel shows busy while the card waits"):
+        # JupyterLab resets its indicator when it opens a widget subshell; the wait says
+        # "busy" again every second, so the user sees the cell is still running.
+        expect(lab.page.locator("#jp-main-statusbar").get_by_text(
+            re.compile(r"\| Busy$"))).to_be_visible(timeout=5_000)
+
     with lab.stage("editing the arguments"):
         card.locator(".cheq-edit").click()
         editor = card.locator(".cheq-args textarea")
