@@ -46,6 +46,9 @@ _COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 #: Longest single block in ``poll``.  Interrupts break out of ``poll`` at once on POSIX; on
 #: Windows ``interrupt_main`` only takes effect when Python code runs, so wake up now and then.
 _MAX_BLOCK = 1.0
+#: Re-announce "busy" on every tick for this many seconds, then every this many ticks.
+_REANNOUNCE_EARLY = 5.0
+_REANNOUNCE_EVERY = 30
 #: Strong references to the tasks that hand deferred messages back (asyncio keeps weak ones).
 _REQUEUED: set[asyncio.Future[Any]] = set()
 
@@ -311,6 +314,7 @@ def wait_for(
     deadline = None if timeout is None else start + max(0.0, timeout)
     next_tick = start + tick
     deferred: list[list[Any]] = []
+    ticks = 0
     try:
         while True:
             if done():
@@ -322,8 +326,11 @@ def wait_for(
                 if on_tick is not None:
                     on_tick(None if deadline is None else max(0.0, deadline - now))
                 # Frontends may reset their busy indicator meanwhile (JupyterLab does when it
-                # opens a widget subshell): the cell is still running, so say so again.
-                backend.kernel._publish_status("busy", "shell")
+                # opens a widget subshell, just after the first widgets show): the cell is
+                # still running, so say so again; often at first, then now and then.
+                ticks += 1
+                if now - start < _REANNOUNCE_EARLY or ticks % _REANNOUNCE_EVERY == 0:
+                    backend.kernel._publish_status("busy", "shell")
                 while next_tick <= now:
                     next_tick += tick
             until = min(now + _MAX_BLOCK, next_tick)
