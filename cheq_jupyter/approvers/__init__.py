@@ -12,8 +12,9 @@ Names are imported on first use (the Cheqpoint SDK only when a ``CheqpointApprov
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 __all__ = [
     "ApproverChoice",
@@ -48,14 +49,4 @@ if TYPE_CHECKING:
     from .replay import ReplayApprover
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cheq_jupyter.approvers' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
