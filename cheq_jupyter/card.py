@@ -72,10 +72,6 @@ def _default_validator(request: ApprovalRequest, arguments: Any) -> list[str]:
     return validate_arguments(request.schema, arguments)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)
-
-
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -129,7 +125,7 @@ class _Card:
         self.request = request
         self.decision: Decision | None = None
         self.source = ""
-        self.original = _dumps(request.details)
+        self.original = request.arguments_json()
         title = (
             f"<b>{html.escape(request.action)}</b> — {html.escape(request.summary)}"
             f"<pre class='cheq-args-view'>{html.escape(self.original)}</pre>"
