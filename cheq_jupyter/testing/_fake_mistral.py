@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import importlib
 import itertools
 import json
 import re
@@ -63,6 +62,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeAlias
 
+from .._sdk import mistral_class
 from ._turns import HttpErrorTurn, TextTurn, ToolCallsTurn, Turn, new_tool_call_id
 
 __all__ = [
@@ -72,7 +72,6 @@ __all__ = [
     "FakeMistralScriptError",
     "Responder",
     "Script",
-    "import_mistral_client_class",
 ]
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
@@ -692,15 +691,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-def import_mistral_client_class() -> Any:
-    """The SDK's ``Mistral`` class: ``mistralai.client`` (2.x, 3.x) or ``mistralai`` (1.x)."""
-    try:
-        module = importlib.import_module("mistralai.client")
-        return module.Mistral
-    except (ImportError, AttributeError):
-        return importlib.import_module("mistralai").Mistral
-
-
 class FakeMistral:
     """A loopback stand-in for Mistral's chat-completions API, scripted by the test.
 
@@ -797,7 +787,7 @@ class FakeMistral:
 
     def client(self, **kwargs: Any) -> Any:
         """A real ``mistralai`` ``Mistral`` client pointed at this fake (kwargs passed through)."""
-        mistral = import_mistral_client_class()
+        mistral = mistral_class()
         return mistral(api_key=self.api_key, server_url=self.url, **kwargs)
 
     @property
