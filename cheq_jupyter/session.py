@@ -16,54 +16,49 @@ from .errors import ConfigurationError
 __all__ = ["build_approver", "run_plan"]
 
 
-def _base_approver(name: str, plan: CellPlan) -> tuple[Approver, str]:
-    """The approver for the calls a policy leaves to ask about, and its short name."""
-    if name == "auto":
-        from .approvers.headless import default_approver
+def _rules(plan: CellPlan) -> Policy | None:
+    """The ``--approve`` / ``--deny`` rules, if any (everything else is asked)."""
+    if not plan.approve and not plan.deny:
+        return None
+    rules: dict[str, Any] = {n: "approve" for n in plan.approve}
+    rules.update({n: "deny" for n in plan.deny})
+    return Policy(rules=rules)
 
-        chosen = default_approver(timeout=plan.timeout, audit_path=plan.audit_log or None)
-        return chosen, str(getattr(chosen, "name", type(chosen).__name__))
-    if name == "card":
-        from .card import WidgetApprover
 
-        return WidgetApprover(timeout=plan.timeout), "card"
-    if name == "console":
-        from .approvers.console import ConsoleApprover
-
-        return ConsoleApprover(), "console"
-    if name == "cheqpoint":
-        from .approvers.cheqpoint import CheqpointApprover
-
-        return CheqpointApprover(timeout=plan.timeout), "cheqpoint"
-    if name == "race":
-        from .approvers.race import RaceApprover
-
-        race = RaceApprover(timeout=plan.timeout)
-        return race, race.name
-    if name == "replay":
-        from .approvers.headless import ReplayApprover
-
-        if not plan.audit_log:
-            raise ConfigurationError(
-                "--approver replay needs an audit log to replay; pass --audit PATH."
-            )
-        return ReplayApprover(plan.audit_log), "replay"
-    if name == "policy":
-        return Policy(ask=None), "policy"
-    raise ConfigurationError(f"Unknown approver {name!r}; use one of card, console, cheqpoint, "
-                             "race, policy, replay or auto.")
+def _display_name(approver: Approver) -> str:
+    """Who answers what a policy asks about: ``card``, ``console``... or ``policy``."""
+    while isinstance(approver, Policy) and approver.ask is not None:
+        approver = approver.ask
+    return str(getattr(approver, "name", type(approver).__name__))
 
 
 def build_approver(plan: CellPlan) -> tuple[Approver, str]:
-    """The approver for ``plan``: ``--approve``/``--deny`` rules in front of the chosen one."""
-    base, name = _base_approver(plan.approver, plan)
-    if not plan.approve and not plan.deny:
-        return base, name
-    rules: dict[str, Any] = {n: "approve" for n in plan.approve}
-    rules.update({n: "deny" for n in plan.deny})
-    if isinstance(base, Policy):
-        return Policy(rules=rules, ask=base.ask), name
-    return Policy(rules=rules, ask=base), name
+    """The approver for ``plan`` (``--approve``/``--deny`` rules in front), and its name."""
+    from .approvers import headless
+
+    policy = _rules(plan)
+    audit_path = plan.audit_log or None
+    if plan.approver == "auto":
+        approver = headless.default_approver(
+            policy=policy, timeout=plan.timeout, audit_path=audit_path
+        )
+    elif plan.approver == "policy":
+        approver = headless.headless_policy(policy)
+    elif plan.approver == "replay":
+        if audit_path is None:
+            raise ConfigurationError(
+                "--approver replay needs an audit log to replay; pass --audit PATH."
+            )
+        approver = headless.with_policy(policy, headless.ReplayApprover(audit_path))
+    elif plan.approver == "race":
+        from .approvers.race import RaceApprover
+
+        approver = headless.with_policy(policy, RaceApprover(timeout=plan.timeout))
+    else:
+        approver = headless.with_policy(
+            policy, headless.interactive_approver(plan.approver, plan.timeout)
+        )
+    return approver, _display_name(approver)
 
 
 def _recorder(plan: CellPlan) -> Any:

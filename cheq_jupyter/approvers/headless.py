@@ -58,6 +58,9 @@ __all__ = [
     "choose_approver",
     "default_approver",
     "detect_surroundings",
+    "headless_policy",
+    "interactive_approver",
+    "with_policy",
 ]
 
 APPROVER_ENV = "CHEQ_JUPYTER_APPROVER"
@@ -123,11 +126,13 @@ def detect_surroundings() -> tuple[Surroundings, str]:
     return "no-terminal", "no notebook frontend and no terminal"
 
 
-def _headless_policy(policy: Policy | None) -> Policy:
+def headless_policy(policy: Policy | None) -> Policy:
+    """``policy`` (or an empty one) with nobody to ask: what it would ask about is rejected."""
     return dataclasses.replace(policy, ask=None) if policy is not None else Policy()
 
 
-def _with_policy(policy: Policy | None, approver: Approver) -> Approver:
+def with_policy(policy: Policy | None, approver: Approver) -> Approver:
+    """``approver`` behind ``policy``'s rules (it answers what the policy would ask about)."""
     if policy is None:
         return approver
     return policy if policy.ask is not None else dataclasses.replace(policy, ask=approver)
@@ -150,6 +155,11 @@ def _cheqpoint(timeout: float | None) -> Approver:
     from .cheqpoint import CheqpointApprover
 
     return CheqpointApprover() if timeout is None else CheqpointApprover(timeout=timeout)
+
+
+def interactive_approver(name: str, timeout: float | None) -> Approver:
+    """The ``card``, ``console`` or ``cheqpoint`` approver, with no policy in front."""
+    return {"card": _card, "console": _console, "cheqpoint": _cheqpoint}[name](timeout)
 
 
 def _replay(audit_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Approver:
@@ -185,21 +195,21 @@ def choose_approver(
                 "pass approver= in code."
             )
         if wanted == "policy":
-            return ApproverChoice(_headless_policy(policy), "policy", source, True)
+            return ApproverChoice(headless_policy(policy), "policy", source, True)
         if wanted == "replay":
             return ApproverChoice(
-                _with_policy(policy, _replay(audit_path, env)), "replay", source, True
+                with_policy(policy, _replay(audit_path, env)), "replay", source, True
             )
-        build = {"card": _card, "console": _console, "cheqpoint": _cheqpoint}[wanted]
-        return ApproverChoice(_with_policy(policy, build(timeout)), wanted, source, False)
+        approver = interactive_approver(wanted, timeout)
+        return ApproverChoice(with_policy(policy, approver), wanted, source, False)
     where, evidence = surroundings if surroundings is not None else detect_surroundings()
     if where == "notebook":
-        return ApproverChoice(_with_policy(policy, _card(timeout)), "card", evidence, False)
+        approver = interactive_approver("card", timeout)
+        return ApproverChoice(with_policy(policy, approver), "card", evidence, False)
     if where == "terminal":
-        return ApproverChoice(
-            _with_policy(policy, _console(timeout)), "console", evidence, False
-        )
-    return ApproverChoice(_headless_policy(policy), "policy", evidence, True)
+        approver = interactive_approver("console", timeout)
+        return ApproverChoice(with_policy(policy, approver), "console", evidence, False)
+    return ApproverChoice(headless_policy(policy), "policy", evidence, True)
 
 
 def default_approver(
