@@ -150,6 +150,18 @@ class _Invoke:
 
 
 @dataclass
+class _Decide:
+    """The loop needs decisions on every valid call of one turn (answer: ``list[Decision]``).
+
+    The driver asks the approver; a driver that cannot block (no-wait mode) can answer later.
+    An exception raised while deciding is thrown back into the loop, which fails closed.
+    """
+
+    approver: Approver
+    requests: list[ApprovalRequest]
+
+
+@dataclass
 class _Outcome:
     value: Any = None
     error: BaseException | None = None
@@ -171,7 +183,8 @@ class _Spec:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
-_Step = Generator[_ModelCall | _Invoke, Any, AgentResult[Any]]
+_Op = _ModelCall | _Decide | _Invoke
+_Step = Generator[_Op, Any, AgentResult[Any]]
 
 
 def strict_response_format(output_type: type[BaseModel]) -> dict[str, Any]:
@@ -256,7 +269,7 @@ def _prepare(
     return record
 
 
-def _decide(spec: _Spec, records: list[ToolCallRecord]) -> None:
+def _decide(spec: _Spec, records: list[ToolCallRecord]) -> Generator[_Decide, Any, None]:
     """Ask the approver about every valid call of the turn; fails closed on any error."""
     pending = [r for r in records if r.request is not None]
     requests = [r.request for r in pending if r.request is not None]
@@ -264,7 +277,7 @@ def _decide(spec: _Spec, records: list[ToolCallRecord]) -> None:
         return
     started = time.monotonic()
     try:
-        decisions = decide_all(spec.approver, requests)
+        decisions = yield _Decide(spec.approver, requests)
     except KeyboardInterrupt:
         for r in pending:
             r.decision = Decision.cancelled("Interrupted while waiting for approval.", by="user")
@@ -332,7 +345,7 @@ def _execute(spec: _Spec, record: ToolCallRecord) -> Generator[_Invoke, _Outcome
 
 
 def _tool_loop(spec: _Spec, messages: list[Message], records: list[ToolCallRecord]) -> Generator[
-    _ModelCall | _Invoke, Any, tuple[str, int, bool]
+    _Op, Any, tuple[str, int, bool]
 ]:
     """Phase 1. Returns (final text, steps used, whether the model answered without tools)."""
     tool_specs = [t.to_mistral() for t in spec.tools.values()]
@@ -347,7 +360,7 @@ def _tool_loop(spec: _Spec, messages: list[Message], records: list[ToolCallRecor
             return str(message.get("content") or ""), step, True
         messages.append(message)
         turn = [_prepare(spec, step, call) for call in calls]
-        _decide_and_close(spec, messages, turn)
+        yield from _decide_and_close(spec, messages, turn)
         for record in turn:
             yield from _execute(spec, record)
             records.append(record)
@@ -359,10 +372,12 @@ def _tool_loop(spec: _Spec, messages: list[Message], records: list[ToolCallRecor
     return "", spec.max_steps, False
 
 
-def _decide_and_close(spec: _Spec, messages: list[Message], turn: list[ToolCallRecord]) -> None:
+def _decide_and_close(
+    spec: _Spec, messages: list[Message], turn: list[ToolCallRecord]
+) -> Generator[_Decide, Any, None]:
     """Decide a turn; on interrupt answer every call so the conversation stays valid."""
     try:
-        _decide(spec, turn)
+        yield from _decide(spec, turn)
     except KeyboardInterrupt:
         for record in turn:
             if record.request is not None:
@@ -504,15 +519,32 @@ class _Run:
     def __init__(self, spec: _Spec) -> None:
         self._steps = _agent_steps(spec)
         self._answer: Any = None
+        self._raise: BaseException | None = None
         self.result: AgentResult[Any] | None = None
 
-    def next_op(self) -> _ModelCall | _Invoke | None:
+    def next_op(self) -> _Op | None:
         """The next thing the loop needs, or ``None`` when it has finished (see ``result``)."""
         try:
+            if self._raise is not None:
+                exc, self._raise = self._raise, None
+                return self._steps.throw(exc)
             return self._steps.send(self._answer)
         except StopIteration as stop:
             self.result = stop.value
             return None
+
+    def decide(self, op: _Decide) -> None:
+        """Ask the approver now (blocking drivers); its failure goes back into the loop."""
+        try:
+            self.decided(decide_all(op.approver, op.requests))
+        except BaseException as exc:  # incl. KeyboardInterrupt: the loop fails closed
+            self.decide_failed(exc)
+
+    def decided(self, decisions: list[Decision]) -> None:
+        self._answer = decisions
+
+    def decide_failed(self, exc: BaseException) -> None:
+        self._raise = exc
 
     def model_answered(self, response: Any) -> None:
         self._answer = _sdk.message_to_dict(response)[0]
@@ -564,6 +596,8 @@ def run_agent(
                 except Exception as exc:
                     raise _model_error(exc) from None
                 run.model_answered(response)
+            elif isinstance(op, _Decide):
+                run.decide(op)
             else:
                 try:
                     run.tool_answered(op.tool.function(**op.kwargs))
@@ -605,6 +639,8 @@ async def arun_agent(
                 except Exception as exc:
                     raise _model_error(exc) from None
                 run.model_answered(response)
+            elif isinstance(op, _Decide):
+                run.decide(op)
             else:
                 try:
                     value = op.tool.function(**op.kwargs)

@@ -57,6 +57,19 @@ class ApprovalRequest:
     description: str = ""
     run_id: str = ""
     step: int = 0
+    #: The tool's own check of (edited) arguments: problems, or ``[]`` when valid.  It is the
+    #: same validation the call goes through, so a card or console never accepts an edit that
+    #: the call would then refuse.  ``None`` for requests built by hand.
+    check: Callable[[Any], list[str]] | None = field(default=None, compare=False, repr=False)
+    #: Names of the arguments the model left out and the tool's defaults filled in.
+    defaulted: tuple[str, ...] = ()
+    #: Where the tool comes from (e.g. ``"MCP server git"``); empty for a Python tool.
+    origin: str = ""
+    #: What the tool's provider claims about it (MCP annotations), shown as claims only.
+    annotations: Mapping[str, Any] = field(default_factory=dict)
+    #: What the model wrote, and reasoned, in the turn in which it asked for this call.
+    reason: str = ""
+    reasoning: str = ""
 
     def to_cheqpoint(self) -> dict[str, Any]:
         """The request as Cheqpoint's API takes it: ``{action, summary, details}``."""

@@ -97,6 +97,31 @@ def diff_html(original: dict[str, Any], edited: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
+def why_html(request: ApprovalRequest) -> str:
+    """What the model said (and reasoned) in the turn that asked for this call, escaped."""
+    return ""
+
+
+def origin_html(request: ApprovalRequest) -> str:
+    """Where the tool comes from and what its provider claims about it, escaped."""
+    return ""
+
+
+def args_html(request: ApprovalRequest, arguments_json: str) -> str:
+    """Every argument the tool will run with, escaped."""
+    return f"<pre class='cheq-args-view'>{html.escape(arguments_json)}</pre>"
+
+
+def header_html(request: ApprovalRequest, arguments_json: str) -> str:
+    """The top of a card: the why, the tool and its origin, and the arguments."""
+    return (
+        why_html(request)
+        + f"<b>{html.escape(request.action)}</b> — {html.escape(request.summary)}"
+        + origin_html(request)
+        + args_html(request, arguments_json)
+    )
+
+
 class _Look:
     """Layout and style models shared by every card of a turn (fewer widgets to create)."""
 
@@ -126,11 +151,8 @@ class _Card:
         self.decision: Decision | None = None
         self.source = ""
         self.original = request.arguments_json()
-        title = (
-            f"<b>{html.escape(request.action)}</b> — {html.escape(request.summary)}"
-            f"<pre class='cheq-args-view'>{html.escape(self.original)}</pre>"
-        )
-        self.info = w.HTML(title, layout=look.plain, style=look.html)
+        self.info = w.HTML(header_html(request, self.original), layout=look.plain,
+                           style=look.html)
         self.args = w.Textarea(
             self.original,
             _dom_classes=["cheq-args"],
