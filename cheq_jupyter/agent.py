@@ -21,16 +21,27 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
+import secrets
+import string
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
 from . import _sdk
-from .approval import ApprovalRequest, Approver, Decision, decide_all
+from ._strictjson import dump_json, json_copy, same_json
+from .approval import (
+    ApprovalRequest,
+    Approver,
+    Decision,
+    Policy,
+    checked_decisions,
+    decide_all,
+)
 from .errors import (
     CheqJupyterError,
     ConfigurationError,
@@ -210,12 +221,39 @@ def strict_response_format(output_type: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def _not_approved_text(decision: Decision) -> str:
-    note = f" Note from the reviewer: {decision.decision_note}" if decision.decision_note else ""
+#: ``decided_by`` of the deciders at which nobody reviews a call: rules (a policy, "for the
+#: rest of this run"), a replayed log, the blanket approvers.
+_AUTOMATIC = frozenset({"policy", "replay", "approve_all", "reject_all"})
+
+
+def _automatic_names(approver: Any) -> frozenset[str]:
+    """``_AUTOMATIC`` and the names of the policies in front of ``approver``."""
+    names, seen = set(_AUTOMATIC), 0
+    while isinstance(approver, Policy) and seen < 20:
+        names.add(approver.name)
+        approver, seen = approver.ask, seen + 1
+    return frozenset(names)
+
+
+def _not_approved_text(decision: Decision, automatic: frozenset[str] = _AUTOMATIC) -> str:
+    person = decision.decided_by not in automatic
+    if decision.decision_note:
+        label = "Note from the reviewer" if person else "Reason"
+        note = f" {label}: {decision.decision_note}"
+    else:
+        note = ""
     if decision.status == "rejected":
+        if person:
+            return (
+                "Not approved: the reviewer rejected this call, so it did not run. Do not retry "
+                f"it; tell the user what was not done and why.{note}"
+            )
+        # A policy, a replayed log or a program decided: nobody reviewed this call, and the
+        # model must not tell the user that somebody did.
+        by = decision.decided_by or "the approver"
         return (
-            "Not approved: the reviewer rejected this call, so it did not run. Do not retry it; "
-            f"tell the user what was not done and why.{note}"
+            f"Not approved: {by} did not allow this call (no reviewer looked at it), so it did "
+            f"not run. Do not retry it; tell the user what was not done and why.{note}"
         )
     if decision.status == "timed_out":
         return (
@@ -223,6 +261,58 @@ def _not_approved_text(decision: Decision) -> str:
             f"Tell the user it is still waiting for a human decision.{note}"
         )
     return f"Not approved: the approval was cancelled, so the call did not run.{note}"
+
+
+# -- keeping the conversation valid for the API -------------------------------------------
+
+_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+#: What a call whose name the API would refuse is called in the history sent back.
+_INVALID_NAME = "invalid_tool_name"
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def _turn_ids(calls: Sequence[Any]) -> list[str]:
+    """One id per call, valid for the API and unique in the turn: the model's own where it is
+    (9 of a-z, A-Z, 0-9, not used before in the turn), else a fresh one.  Decisions are never
+    matched by these ids, but the tool results that answer the calls are."""
+    used: set[str] = set()
+    ids = []
+    for item in calls:
+        raw = item.get("id") if isinstance(item, Mapping) else None
+        if isinstance(raw, str) and _CALL_ID.fullmatch(raw) and raw not in used:
+            call_id = raw
+        else:
+            call_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+            while call_id in used:
+                call_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+        used.add(call_id)
+        ids.append(call_id)
+    return ids
+
+
+def _history_name(name: str) -> str:
+    return name if _FUNCTION_NAME.fullmatch(name) else _INVALID_NAME
+
+
+def _history_message(message: Message, turn: Sequence[ToolCallRecord]) -> Message:
+    """The assistant turn as it goes back to the API: valid ids and names, string arguments."""
+    calls = []
+    for record in turn:
+        arguments = record.raw_arguments
+        if not isinstance(arguments, str):
+            try:
+                arguments = dump_json(arguments if arguments is not None else {})
+            except ValueError:
+                arguments = "{}"
+        calls.append({"id": record.id, "type": "function",
+                      "function": {"name": _history_name(record.name), "arguments": arguments}})
+    return {**message, "tool_calls": calls}
+
+
+def _tool_message(record: ToolCallRecord) -> Message:
+    return {"role": "tool", "tool_call_id": record.id, "name": _history_name(record.name),
+            "content": record.result}
 
 
 def _initial_messages(spec: _Spec) -> list[Message]:
@@ -234,22 +324,24 @@ def _initial_messages(spec: _Spec) -> list[Message]:
 
 
 def _prepare(
-    spec: _Spec, step: int, call: Mapping[str, Any]
+    spec: _Spec, step: int, call: Any, call_id: str
 ) -> ToolCallRecord:
     """Parse and validate one call; a record with status ``invalid`` never reaches a human."""
-    function = call.get("function") or {}
-    name, raw = str(function.get("name") or ""), function.get("arguments")
+    call = call if isinstance(call, Mapping) else {}
+    function = call.get("function")
+    function = function if isinstance(function, Mapping) else {}
+    name, raw = function.get("name"), function.get("arguments")
+    name = name if isinstance(name, str) else ""
     record = ToolCallRecord(
-        id=str(call.get("id") or ""), name=name, step=step, raw_arguments=raw,
-        status="invalid", result="",
+        id=call_id, name=name, step=step, raw_arguments=raw, status="invalid", result="",
     )
     tool = spec.tools.get(name)
     if tool is None:
         known = ", ".join(sorted(spec.tools)) or "none"
-        record.error = f"There is no tool named {name!r}; the available tools are: {known}."
+        record.error = f"There is no tool named {name[:80]!r}; the available tools are: {known}."
     else:
         try:
-            record.arguments = tool.parse_arguments(raw)
+            record.arguments, defaulted = tool.with_defaults(tool.parse_arguments(raw))
         except ToolArgumentsError as exc:
             record.error = str(exc)
     if record.error is not None:
@@ -259,12 +351,15 @@ def _prepare(
     record.request = ApprovalRequest(
         action=name,
         summary=tool.summarize(record.arguments),
-        details=record.arguments,
+        # The approver's own copy: whatever it does to it, the loop keeps record.arguments.
+        details=json_copy(record.arguments),
         tool_call_id=record.id,
         schema=tool.parameters,
         description=tool.description,
         run_id=spec.run_id,
         step=step,
+        check=tool.check,
+        defaulted=defaulted,
     )
     return record
 
@@ -276,8 +371,11 @@ def _decide(spec: _Spec, records: list[ToolCallRecord]) -> Generator[_Decide, An
     if not requests:
         return
     started = time.monotonic()
+    by = _approver_name(spec.approver)
     try:
-        decisions = yield _Decide(spec.approver, requests)
+        answer = yield _Decide(spec.approver, requests)
+        # A driver may answer without decide_all (no-wait mode): check the answer here too.
+        decisions = checked_decisions(spec.approver, answer, len(requests))
     except KeyboardInterrupt:
         for r in pending:
             r.decision = Decision.cancelled("Interrupted while waiting for approval.", by="user")
@@ -285,15 +383,40 @@ def _decide(spec: _Spec, records: list[ToolCallRecord]) -> Generator[_Decide, An
     except Exception as exc:  # fail closed: an approver that breaks approves nothing
         log.warning("approver failed; treating %d call(s) as not approved: %s", len(pending), exc)
         note = f"The approver failed ({type(exc).__name__}: {exc})."
-        decisions = [Decision.cancelled(note, by=_approver_name(spec.approver)) for _ in pending]
+        decisions = [Decision.cancelled(note, by=by) for _ in pending]
     elapsed = time.monotonic() - started
+    decisions = [_bind_edit(spec, r, d) for r, d in zip(pending, decisions, strict=True)]
     for record, decision in zip(pending, decisions, strict=True):
         record.decision = decision
         if decision.status == "timed_out":
             log.warning("approval of %s (%s) timed out: not approved", record.name, record.id)
-        if spec.recorder is not None and record.request is not None:
-            spec.recorder.record(record.request, decision, response_time=elapsed)
+        if record.request is not None and record.arguments is not None:
+            # What is recorded and run is the loop's copy, whatever an approver did to its own.
+            record.request = replace(record.request, details=json_copy(record.arguments))
+            if spec.recorder is not None:
+                spec.recorder.record(record.request, decision, response_time=elapsed)
     spec.events.decided(requests, decisions)
+
+
+def _bind_edit(spec: _Spec, record: ToolCallRecord, decision: Decision) -> Decision:
+    """An approval's edited arguments made exact before anything is recorded: defaults filled
+    in, checked with the tool's own validation (an invalid edit is not approved), and no edit
+    at all when they equal the call's arguments as JSON."""
+    edited = decision.modified_details
+    if not decision.approved or edited is None or record.arguments is None:
+        return decision
+    tool = spec.tools[record.name]
+    full, _ = tool.with_defaults(edited)
+    problems = tool.check(full)
+    if problems:
+        return Decision.cancelled(
+            f"The edited arguments are invalid ({'; '.join(problems)}), so the approval by "
+            f"{decision.decided_by or 'the approver'} does not count.",
+            by=decision.decided_by,
+        )
+    if same_json(full, record.arguments):
+        return replace(decision, modified_details=None)
+    return replace(decision, modified_details=full)
 
 
 def _approver_name(approver: Approver) -> str:
@@ -312,10 +435,12 @@ def _execute(spec: _Spec, record: ToolCallRecord) -> Generator[_Invoke, _Outcome
         return
     if not decision.approved:
         record.status = "not_approved"
-        record.result = _not_approved_text(decision)
+        record.result = _not_approved_text(decision, _automatic_names(spec.approver))
         return
     tool = spec.tools[record.name]
-    effective = decision.effective_details(request)
+    effective = json_copy(
+        decision.modified_details if decision.modified_details is not None else record.arguments
+    )
     try:
         kwargs = tool.call_arguments(effective)
     except ToolArgumentsError as exc:
@@ -358,16 +483,14 @@ def _tool_loop(spec: _Spec, messages: list[Message], records: list[ToolCallRecor
         calls = message.get("tool_calls") or []
         if not calls:
             return str(message.get("content") or ""), step, True
-        messages.append(message)
-        turn = [_prepare(spec, step, call) for call in calls]
+        turn = [_prepare(spec, step, call, call_id)
+                for call, call_id in zip(calls, _turn_ids(calls), strict=True)]
+        messages.append(_history_message(message, turn))
         yield from _decide_and_close(spec, messages, turn)
         for record in turn:
             yield from _execute(spec, record)
             records.append(record)
-            messages.append(
-                {"role": "tool", "tool_call_id": record.id, "name": record.name,
-                 "content": record.result}
-            )
+            messages.append(_tool_message(record))
             spec.events.tool_result(record)
     return "", spec.max_steps, False
 
@@ -383,10 +506,7 @@ def _decide_and_close(
             if record.request is not None:
                 record.status = "not_approved"
                 record.result = "Not approved: interrupted by the user; the call did not run."
-            messages.append(
-                {"role": "tool", "tool_call_id": record.id, "name": record.name,
-                 "content": record.result}
-            )
+            messages.append(_tool_message(record))
         raise
 
 

@@ -13,7 +13,9 @@ whose ``status`` is ``"approved"``, with ``modified_details`` (re-validated) whe
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +37,7 @@ __all__ = [
 DecisionStatus = Literal["approved", "rejected", "timed_out", "cancelled"]
 Rule = Literal["ask", "approve", "deny"]
 _RULES: tuple[str, ...] = ("ask", "approve", "deny")
+_STATUSES: tuple[str, ...] = ("approved", "rejected", "timed_out", "cancelled")
 
 
 def _now() -> _dt.datetime:
@@ -45,8 +48,11 @@ def _now() -> _dt.datetime:
 class ApprovalRequest:
     """One tool call the model asked for, waiting for a decision.
 
-    ``details`` are the model's arguments, already validated against ``schema`` (the JSON
-    schema of the tool's parameters).
+    ``details`` are every argument the tool runs with if approved as asked: the model's,
+    already validated against ``schema`` (the JSON schema of the tool's parameters), with the
+    tool's defaults filled in for those it left out (named in ``defaulted``).  Approvers match
+    their decisions to requests by position (``decide_all``) or by the request object itself,
+    never by ``tool_call_id``, which comes from the model and may repeat.
     """
 
     action: str
@@ -168,21 +174,83 @@ class BatchApprover(Approver, Protocol):
 def decide_all(approver: Approver, requests: Sequence[ApprovalRequest]) -> list[Decision]:
     """Decide ``requests`` (one model turn), together when the approver can, in order.
 
-    Fails closed: an approver that returns something other than a ``Decision`` or the wrong
-    number of decisions raises :class:`~cheq_jupyter.errors.ApprovalError`.
+    Fails closed: an approver that returns something other than one ``Decision`` per request
+    raises :class:`~cheq_jupyter.errors.ApprovalError` (the loop then runs nothing of the
+    turn), and a ``Decision`` holding anything but its documented types (a status outside the
+    four, ``modified_details`` that are not a JSON object with string keys, a ``decided_at``
+    that is not a datetime...) becomes ``cancelled`` with a note saying what was wrong.  What
+    is returned are fresh ``Decision`` objects, with their own copy of ``modified_details``.
     """
-    from .errors import ApprovalError
-
     if not requests:
         return []
     batch = getattr(approver, "decide_all", None)
-    decisions = list(batch(requests)) if callable(batch) else [approver(r) for r in requests]
-    if len(decisions) != len(requests) or not all(isinstance(d, Decision) for d in decisions):
+    answer = batch(requests) if callable(batch) else [approver(r) for r in requests]
+    return checked_decisions(approver, answer, len(requests))
+
+
+def checked_decisions(approver: Any, answer: Any, count: int) -> list[Decision]:
+    """``answer`` (what ``approver`` returned for ``count`` requests) checked as
+    :func:`decide_all` describes: :class:`~cheq_jupyter.errors.ApprovalError` unless it is
+    ``count`` ``Decision`` objects, and each unusable one ``cancelled``."""
+    from .errors import ApprovalError
+
+    try:
+        # At most one too many: an endless iterator must not hang the cell.
+        decisions = (None if isinstance(answer, (str, bytes, Mapping))
+                     else list(itertools.islice(answer, count + 1)))
+    except TypeError:
+        decisions = None
+    if (decisions is None or len(decisions) != count
+            or not all(isinstance(d, Decision) for d in decisions)):
         raise ApprovalError(
-            f"The approver {approver!r} must return one Decision per request; "
+            f"The approver {_name(approver)} must return one Decision per request; "
             "return cheq_jupyter.Decision objects."
         )
-    return decisions
+    return [_checked(d, approver) for d in decisions]
+
+
+def _name(approver: Any) -> str:
+    try:
+        return str(getattr(approver, "name", None) or getattr(approver, "__name__", None)
+                   or type(approver).__name__)[:80]
+    except Exception:
+        return type(approver).__name__
+
+
+def _checked(decision: Decision, approver: Any) -> Decision:
+    """A plain copy of ``decision`` when every field has its documented type, else
+    ``cancelled`` with a note naming the problem (fail closed)."""
+    from ._strictjson import json_copy
+
+    problem = ""
+    try:
+        status, note = decision.status, decision.decision_note
+        by, at, modified = decision.decided_by, decision.decided_at, decision.modified_details
+        if type(status) is not str or status not in _STATUSES:
+            problem = f"its status {str(status)[:40]!r} is not one of {', '.join(_STATUSES)}"
+        elif note is not None and not isinstance(note, str):
+            problem = f"its note is a {type(note).__name__}, not text"
+        elif not isinstance(by, str):
+            problem = f"its decided_by is a {type(by).__name__}, not text"
+        elif not isinstance(at, _dt.datetime):
+            problem = f"its decided_at is a {type(at).__name__}, not a datetime"
+        elif modified is not None and not isinstance(modified, dict):
+            problem = (f"its modified_details are a {type(modified).__name__}, not a JSON "
+                       "object of arguments")
+        elif status == "approved" and modified is not None:
+            try:
+                modified = json_copy(modified)
+            except ValueError as exc:
+                problem = f"its modified_details are not plain JSON data ({exc})"
+    except Exception as exc:  # a hostile object: reading a field raised
+        problem = f"reading it failed ({type(exc).__name__})"
+    if problem:
+        return Decision.cancelled(
+            f"The approver {_name(approver)} returned an unusable decision ({problem}); "
+            "not approved.",
+            by=_name(approver),
+        )
+    return Decision(status, modified if status == "approved" else None, note, by, at)
 
 
 def approve_all(request: ApprovalRequest) -> Decision:
@@ -203,7 +271,9 @@ class Policy:
     """Per-tool rules: ``approve`` or ``deny`` without asking, or ``ask`` another approver.
 
     ``rules`` maps a tool name to a rule or to a predicate on the arguments that returns one,
-    e.g. ``{"refund": lambda a: "ask" if a["amount"] > 100 else "approve"}``.  Tools without a
+    e.g. ``{"refund": lambda a: "ask" if a["amount"] > 100 else "approve"}``; the predicate
+    gets every argument the tool would run with (defaults filled in), and one that raises or
+    answers anything else counts as ``ask``.  Tools without a
     rule get ``default``.  ``ask`` is the approver for the ``ask`` calls (the card, Cheqpoint,
     the console...); with none, those calls are rejected with a note that no reviewer was
     present (the headless behaviour).
@@ -226,8 +296,12 @@ class Policy:
 
     def rule_for(self, request: ApprovalRequest) -> Rule:
         spec = self.rules.get(request.action, self.default)
-        rule = spec(dict(request.details)) if callable(spec) else spec
-        if rule not in _RULES:
+        try:
+            # A copy of the full arguments (defaults filled in): a predicate cannot change them.
+            rule = spec(copy.deepcopy(dict(request.details))) if callable(spec) else spec
+        except Exception:
+            return "ask"  # a predicate that fails must not let anything through either
+        if not isinstance(rule, str) or rule not in _RULES:
             # A predicate that answers nonsense must not let anything through.
             return "ask"
         return rule

@@ -10,6 +10,7 @@ schema refuses.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import re
@@ -18,9 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 import pydantic
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import _jsonschema
+from ._strictjson import dump_json as _dump_json
+from ._strictjson import has_non_finite as _has_non_finite
+from ._strictjson import strict_json
 from .errors import ToolArgumentsError, ToolDefinitionError
 
 __all__ = [
@@ -49,6 +54,12 @@ class Tool:
     parameters: dict[str, Any]
     summary_template: str | None = None
     is_async: bool = field(default=False)
+    #: Parameter name -> the field of ``arguments_model`` holding it.  The model's fields have
+    #: neutral names (``p0``, ``p1``...) aliased to the parameters, so a parameter may be named
+    #: like a pydantic attribute (``model_extra``, ``json``, ``_x``) and still get its value.
+    field_names: Mapping[str, str] = field(default_factory=dict)
+    #: The defaults of the optional parameters, as JSON values (what the reviewer is shown).
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def to_mistral(self) -> dict[str, Any]:
         """The tool as Mistral's ``tools`` list takes it."""
@@ -64,23 +75,23 @@ class Tool:
     def parse_arguments(self, raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
         """Decode the model's arguments (a JSON string or an object) and validate them.
 
-        Returns the arguments as JSON-ready data (what the reviewer sees and may edit).
-        Raises :class:`ToolArgumentsError` naming the problem.
+        Returns the arguments as JSON-ready data (what the reviewer sees and may edit), as the
+        model sent them (see :meth:`with_defaults` for the full call).  Strict JSON only: NaN,
+        infinities, numbers that overflow, duplicate keys and nesting beyond what can be
+        checked are refused.  Raises :class:`ToolArgumentsError` naming the problem.
         """
         if raw is None or raw == "":
             data: Any = {}
-        elif isinstance(raw, str):
-            try:
-                data = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ToolArgumentsError(
-                    f"The arguments for {self.name} are not valid JSON ({exc.msg} at position "
-                    f"{exc.pos}); send a JSON object matching the tool's parameters.",
-                    tool=self.name,
-                    errors=[exc.msg],
-                ) from None
         else:
-            data = dict(raw)
+            try:
+                data = strict_json(raw if isinstance(raw, str) else _dump_json(raw))
+            except ValueError as exc:
+                raise ToolArgumentsError(
+                    f"The arguments for {self.name} are not valid JSON ({exc}); send a JSON "
+                    "object matching the tool's parameters.",
+                    tool=self.name,
+                    errors=[str(exc)],
+                ) from None
         if not isinstance(data, dict):
             raise ToolArgumentsError(
                 f"The arguments for {self.name} must be a JSON object, not "
@@ -93,11 +104,26 @@ class Tool:
     def validate(self, arguments: Mapping[str, Any]) -> BaseModel:
         """Validate ``arguments`` with the tool's pydantic model (the check that counts)."""
         try:
+            text = _dump_json(arguments)
+        except ValueError as exc:
+            raise ToolArgumentsError(
+                f"The arguments for {self.name} are not JSON data ({exc}).",
+                tool=self.name,
+                errors=[str(exc)],
+            ) from None
+        try:
             # JSON mode + strict: what the model sent must already be the right JSON type
             # ("3" is not a number), while strings still validate enums, dates and UUIDs.
-            return self.arguments_model.model_validate_json(
-                json.dumps(dict(arguments), default=str), strict=True
-            )
+            model = self.arguments_model.model_validate_json(text, strict=True)
+            if _has_non_finite(model.model_dump()):
+                # A nested model of the user's own may allow it; the call never gets it.
+                raise ToolArgumentsError(
+                    f"The arguments for {self.name} hold a number too large to represent "
+                    "(it would become infinity).",
+                    tool=self.name,
+                    errors=["a number is too large to represent"],
+                )
+            return model
         except ValidationError as exc:
             problems = [_describe_error(e) for e in exc.errors()]
             raise ToolArgumentsError(
@@ -106,11 +132,42 @@ class Tool:
                 tool=self.name,
                 errors=problems,
             ) from None
+        except RecursionError:
+            raise ToolArgumentsError(
+                f"The arguments for {self.name} are nested too deeply to check.",
+                tool=self.name,
+                errors=["nested too deeply"],
+            ) from None
+
+    def check(self, arguments: Any) -> list[str]:
+        """Problems of ``arguments`` (``[]`` when valid): the same validation as the call."""
+        if not isinstance(arguments, Mapping):
+            return [f"the arguments must be a JSON object, not {type(arguments).__name__}"]
+        try:
+            self.validate(arguments)
+        except ToolArgumentsError as exc:
+            return list(exc.errors) or [str(exc)]
+        return []
+
+    def with_defaults(self, arguments: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The full arguments the tool runs with (defaults filled in), and the filled names."""
+        full = dict(arguments)
+        filled = []
+        for name, default in self.defaults.items():
+            if name not in full:
+                full[name] = copy.deepcopy(default)
+                filled.append(name)
+        return full, tuple(filled)
 
     def call_arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """Validated keyword arguments for the function (nested models become instances)."""
+        """Validated keyword arguments for the function (nested models become instances).
+
+        Read by parameter name from the model's neutral field names: never an attribute
+        lookup by the parameter's own name on a pydantic model.
+        """
         model = self.validate(arguments)
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        values = vars(model)
+        return {param: values[internal] for param, internal in self.field_names.items()}
 
     def summarize(self, arguments: Mapping[str, Any]) -> str:
         """A one-line summary of a call, for the reviewer."""
@@ -230,11 +287,18 @@ def _make_tool(
         ) from None
     doc_text, doc_params = _docstring_parts(inspect.getdoc(fn) or "")
     fields: dict[str, Any] = {}
-    for param in signature.parameters.values():
+    field_names: dict[str, str] = {}
+    defaults: dict[str, Any] = {}
+    for index, param in enumerate(signature.parameters.values()):
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ToolDefinitionError(
                 f"{tool_name} takes *{param.name}; a tool needs named parameters the model can "
                 "fill, so list them explicitly."
+            )
+        if param.kind is param.POSITIONAL_ONLY:
+            raise ToolDefinitionError(
+                f"Parameter {param.name!r} of {tool_name} is positional-only; the tool is called "
+                "with keyword arguments, so remove the '/' from its signature."
             )
         if param.name not in hints:
             raise ToolDefinitionError(
@@ -242,14 +306,22 @@ def _make_tool(
                 "(e.g. `amount: float`) so the model knows what to send."
             )
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[param.name] = (
+        internal = f"p{index}"
+        field_names[param.name] = internal
+        fields[internal] = (
             hints[param.name],
-            pydantic.Field(default=default, description=doc_params.get(param.name)),
+            pydantic.Field(
+                default=default, alias=param.name, description=doc_params.get(param.name)
+            ),
         )
+        if default is not ...:
+            defaults[param.name] = _default_json(tool_name, param.name, default)
     try:
         model = pydantic.create_model(  # type: ignore[call-overload]
             f"{tool_name}_arguments",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
+            __config__=ConfigDict(
+                extra="forbid", arbitrary_types_allowed=False, allow_inf_nan=False
+            ),
             **fields,
         )
         parameters = _strip_titles(model.model_json_schema())
@@ -259,7 +331,7 @@ def _make_tool(
             "types: str, int, float, bool, list, dict, Literal, Enum or pydantic models."
         ) from None
     parameters.setdefault("properties", {})
-    return Tool(
+    made = Tool(
         name=tool_name,
         description=(description or doc_text or tool_name).strip(),
         function=fn,
@@ -267,7 +339,39 @@ def _make_tool(
         parameters=parameters,
         summary_template=summary,
         is_async=inspect.iscoroutinefunction(fn),
+        field_names=field_names,
+        defaults=defaults,
     )
+    _check_defaults(made)
+    return made
+
+
+def _default_json(tool_name: str, param: str, default: Any) -> Any:
+    """A parameter's default as the JSON value the reviewer is shown."""
+    try:
+        return strict_json(_dump_json(pydantic_core.to_jsonable_python(default)))
+    except (ValueError, pydantic_core.PydanticSerializationError):
+        raise ToolDefinitionError(
+            f"The default of parameter {param!r} of {tool_name} ({default!r}) cannot be shown "
+            "as JSON; use a JSON-like default (a number, string, list, None...)."
+        ) from None
+
+
+def _check_defaults(made: Tool) -> None:
+    """Refuse defaults the tool's own validation would refuse if a reviewer approved them."""
+    if not made.defaults:
+        return
+    try:
+        made.arguments_model.model_validate_json(_dump_json(made.defaults), strict=True)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = error.get("loc") or ("",)
+            if error.get("type") != "missing" and loc[0] in made.defaults:
+                raise ToolDefinitionError(
+                    f"The default of parameter {loc[0]!r} of {made.name} "
+                    f"({made.defaults[str(loc[0])]!r}) is not a valid value of its type "
+                    f"({error.get('msg')}); fix the default, or annotate it (e.g. `int | None`)."
+                ) from None
 
 
 def as_tools(items: Iterable[Tool | Callable[..., Any]]) -> dict[str, Tool]:
