@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _blocking
+from ._strictjson import same_json, strict_json
 from .approval import ApprovalRequest, Decision
 from .approvers.allowlist import RunAllowList
 
@@ -67,6 +68,10 @@ _TD = "<td style='text-align:left;vertical-align:top'>"
 
 
 def _default_validator(request: ApprovalRequest, arguments: Any) -> list[str]:
+    """The tool's own check (the same validation as the call); the JSON-schema subset
+    checker only for requests built by hand without one."""
+    if request.check is not None:
+        return list(request.check(arguments))
     from .tools import validate_arguments
 
     return validate_arguments(request.schema, arguments)
@@ -82,7 +87,7 @@ def diff_html(original: dict[str, Any], edited: dict[str, Any]) -> str:
     lines = []
     for key in [*original, *(k for k in edited if k not in original)]:
         old, new = original.get(key, ...), edited.get(key, ...)
-        if old == new:
+        if old is not ... and new is not ... and same_json(old, new):
             continue
         name = html.escape(str(key))
         if new is ...:
@@ -108,8 +113,29 @@ def origin_html(request: ApprovalRequest) -> str:
 
 
 def args_html(request: ApprovalRequest, arguments_json: str) -> str:
-    """Every argument the tool will run with, escaped."""
-    return f"<pre class='cheq-args-view'>{html.escape(arguments_json)}</pre>"
+    """Every argument the tool will run with, escaped; those filled in from the tool's
+    defaults (the model did not send them) are marked as such."""
+    defaulted = [k for k in request.defaulted if k in request.details]
+    if not defaulted:
+        return f"<pre class='cheq-args-view'>{html.escape(arguments_json)}</pre>"
+    items = list(request.details.items())
+    lines = ["{"]
+    for i, (key, value) in enumerate(items):
+        text = json.dumps(key, ensure_ascii=False) + ": " + json.dumps(
+            value, indent=2, ensure_ascii=False
+        ).replace("\n", "\n  ")
+        line = "  " + html.escape(text + ("," if i < len(items) - 1 else ""))
+        if key in defaulted:
+            line = (f"<span class='cheq-default' style='color:#8a5a00'>{line}"
+                    "  ← default (not sent by the model)</span>")
+        lines.append(line)
+    lines.append("}")
+    names = ", ".join(html.escape(k) for k in defaulted)
+    return (
+        f"<pre class='cheq-args-view'>{chr(10).join(lines)}</pre>"
+        f"<div class='cheq-defaults'>Filled in from the tool's defaults: <b>{names}</b> "
+        "(the tool runs with these values).</div>"
+    )
 
 
 def header_html(request: ApprovalRequest, arguments_json: str) -> str:
@@ -221,10 +247,10 @@ class _Card:
         if text == self.original:
             return None, []
         try:
-            value = json.loads(text)
+            value = strict_json(text)
         except ValueError as exc:
             return None, [f"The arguments are not valid JSON: {exc}."]
-        if value == self.request.details:
+        if same_json(value, self.request.details):  # as JSON: 1 -> true is an edit
             return None, []
         try:
             problems = list(self.approver.validator(self.request, value))
@@ -309,6 +335,9 @@ class _Card:
             verdict += f" (decided in {html.escape(self.source)})"
         # JupyterLab breaks output <pre> text anywhere, which squeezed this column.
         args = f"<pre style='word-break:normal'>{html.escape(self.original)}</pre>"
+        if req.defaulted:
+            args += ("<div>Filled in from the tool's defaults: "
+                     f"{html.escape(', '.join(req.defaulted))}</div>")
         if decision is not None and decision.modified_details is not None:
             args += f"<div>Edited: {diff_html(req.details, decision.modified_details)}</div>"
         return (
@@ -323,7 +352,8 @@ class WidgetApprover:
     ``timeout`` is in seconds (``None``: wait until decided or interrupted); undecided calls
     are then ``timed_out``, never approved.  ``reviewer`` names who decides here (the
     ``decided_by`` is ``"card"``, or ``"<reviewer> (card)"``).  ``validator(request, args)``
-    returns the problems of edited arguments (default: the tool's JSON schema).
+    returns the problems of edited arguments (default: ``request.check``, the same validation
+    as the call; the tool's JSON schema for requests built without one).
     ``on_decision(request, decision, source)`` is told of each decision as it happens.
 
     Outside a Jupyter kernel it raises :class:`~cheq_jupyter.errors.FrontendUnavailableError`,
@@ -390,21 +420,22 @@ class WidgetApprover:
                 log.exception("on_decision hook failed for %s", card.request.tool_call_id)
 
     def decide_externally(
-        self, tool_call_id: str, decision: Decision, *, source: str = "external",
+        self, request: ApprovalRequest, decision: Decision, *, source: str = "external",
         wait: float = 0.0,
     ) -> bool:
-        """Decide a card from another thread (e.g. a remote approver racing the card).
+        """Decide the card of ``request`` from another thread (e.g. a remote approver racing
+        the card).
 
+        The card is found by the request object itself (the one given to :meth:`decide_all`),
+        never by its ``tool_call_id``: ids come from the model and two calls may share one.
         Returns ``True`` when this decided the card; ``False`` when the card was already
-        decided (the first decision wins) or no card with that id is waiting.  ``wait`` is how
-        long to wait for that card to be shown (a remote answer may beat the card).
+        decided (the first decision wins) or no card for that request is waiting.  ``wait`` is
+        how long to wait for that card to be shown (a remote answer may beat the card).
         """
         deadline = time.monotonic() + wait
         with self._turn_shown:
             while True:
-                card = next(
-                    (c for c in self._cards if c.request.tool_call_id == tool_call_id), None
-                )
+                card = next((c for c in self._cards if c.request is request), None)
                 remaining = deadline - time.monotonic()
                 if card is not None or remaining <= 0:
                     break

@@ -285,12 +285,12 @@ remote = w.Button(description="remote decides")
 remote.add_class("test-remote")
 def decide_in_thread(_b):
     threading.Thread(target=lambda: won.append(ap.decide_externally(
-        "abcABC123", Decision.reject("Not today.", by="bob"), source="cheqpoint"))).start()
+        req, Decision.reject("Not today.", by="bob"), source="cheqpoint"))).start()
 remote.on_click(decide_in_thread)
 display(remote)
 d = ap(req)
 print(d.status, d.decided_by, d.decision_note, won)
-print(ap.decide_externally("abcABC123", Decision.approve(by="eve"), source="cheqpoint"))
+print(ap.decide_externally(req, Decision.approve(by="eve"), source="cheqpoint"))
 '''
 
 

@@ -88,7 +88,7 @@ def test_approved_after_pending_sends_the_call_and_waits_for_the_reviewer(
     assert decision.decision_note == "ok, known customer"
     assert (filed.action, filed.summary, filed.details) == (
         "process_refund", "Refund 28 EUR to cus_123", REFUND)
-    assert approver.request_ids == {"call00001": filed.id}
+    assert [(r.tool_call_id, i) for r, i in approver.filed] == [("call00001", filed.id)]
     assert all(c.authorized for c in fake.calls)
 
 

@@ -13,6 +13,8 @@ Cheqpoint says                            Decision
 ========================================  ==========================================
 ``APPROVED``                              ``approved`` (the note is ``decisionNote``)
 ``APPROVED`` + ``modifiedDetails``        ``approved`` with ``modified_details``
+                                          (``cancelled`` when the tool's own check,
+                                          ``request.check``, refuses them)
 ``REJECTED``                              ``rejected`` with the reviewer's note
 ``REJECTED`` + ``retryable``              ``timed_out``: the system closed it (expiry,
                                           SLA breach, no reviewer), nobody said no
@@ -39,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from .._strictjson import same_json
 from ..approval import ApprovalRequest, Decision
 from ..errors import ConfigurationError
 
@@ -123,8 +126,9 @@ class CheqpointApprover:
         self._secret = key
         self._bound_http_calls()
         self._lock = threading.Lock()
-        #: Cheqpoint's request id for each tool call id filed so far.
-        self.request_ids: dict[str, str] = {}
+        #: Every request filed so far with Cheqpoint's id for it, in order.  Requests are kept
+        #: as objects: tool call ids come from the model and may repeat within a turn.
+        self.filed: list[tuple[ApprovalRequest, str]] = []
 
     def __repr__(self) -> str:
         return (f"CheqpointApprover(base_url={self.base_url!r}, timeout={self.timeout:g}, "
@@ -177,14 +181,14 @@ class CheqpointApprover:
         for i, request in enumerate(requests):
             try:
                 filed = self._client.create_request(
-                    action=request.action, summary=request.summary or request.action,
+                    action=request.action, summary=_summary(request),
                     details=dict(request.details), risk_score=self.risk_score,
                 )
                 pending[i] = str(filed["id"])
             except Exception as exc:  # fail closed: the call is not run
                 decisions[i] = self._failed(exc, f"filing {request.action} for approval")
                 continue
-            self.request_ids[request.tool_call_id] = pending[i]
+            self.filed.append((request, pending[i]))
             self._say(f"Waiting up to {self.timeout:g} s for a decision in Cheqpoint on "
                       f"{request.action} (request {pending[i]}).")
         deadline = time.monotonic() + self.timeout
@@ -238,8 +242,16 @@ class CheqpointApprover:
                     f"JSON object (request {request_id}); {_NOT_RUN}.",
                     by=_BY,
                 )
-            if modified == dict(request.details):
-                modified = None
+            if modified is not None and same_json(modified, dict(request.details)):
+                modified = None  # compared as JSON: 1 -> true is an edit
+            problems = _edit_problems(request, modified) if modified is not None else []
+            if problems:
+                return Decision.cancelled(
+                    f"Cheqpoint approved {request.action} with edited details that the tool "
+                    f"refuses ({_short('; '.join(problems), 300)}; request {request_id}); "
+                    f"{_NOT_RUN}.",
+                    by=_BY,
+                )
             if getattr(status, "auto_decided", False):
                 note = _join(f"Approved by Cheqpoint rule {_short(rule or 'unnamed', 80)}.", note)
             return Decision.approve(by=_BY, modified_details=modified, note=note)
@@ -301,6 +313,27 @@ class CheqpointApprover:
     def _say(self, text: str) -> None:
         if self._announce:
             print(text, file=self._out or sys.stdout, flush=True)
+
+
+def _summary(request: ApprovalRequest) -> str:
+    """The summary, saying which arguments the tool's defaults filled in (they are in
+    ``details`` like the others: the reviewer sees every value the tool runs with)."""
+    summary = request.summary or request.action
+    if request.defaulted:
+        summary += f" (defaults used: {', '.join(request.defaulted)})"
+    return summary
+
+
+def _edit_problems(request: ApprovalRequest, modified: Any) -> list[str]:
+    """The same check as the call (``request.check``); the schema subset checker without one."""
+    try:
+        if request.check is not None:
+            return list(request.check(modified))
+        from ..tools import validate_arguments
+
+        return validate_arguments(request.schema, modified)
+    except Exception as exc:  # a check that breaks lets no edit through
+        return [f"the edited details could not be checked ({type(exc).__name__})"]
 
 
 def _join(first: str, second: str | None) -> str:

@@ -5,7 +5,8 @@ For each tool call it prints the tool, the summary and the arguments (JSON), the
     [a]pprove, [r]eject, [e]dit arguments, approve this tool for the [t]rest of the run?
 
 ``r`` asks for an optional note (the model sees it); ``e`` reads new arguments as JSON (one
-line, or several ending with an empty line), checks them against the tool's JSON schema and
+line, or several ending with an empty line), checks them with the tool's own validation (the
+same as the call) and
 asks again until they are valid (an empty answer goes back to the question); ``t`` approves
 and answers later calls of the same tool in the same run with a ``policy`` approval.  End of
 input (Ctrl-D) or Ctrl-C rejects the call and every call still waiting in that turn: nothing
@@ -17,12 +18,12 @@ so arguments cannot move the cursor, recolour the terminal or fake a prompt.
 
 from __future__ import annotations
 
-import json
 import sys
 import unicodedata
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from .._strictjson import same_json, strict_json
 from ..approval import ApprovalRequest, Decision
 from .allowlist import RunAllowList
 
@@ -139,6 +140,9 @@ class ConsoleApprover:
         self._print("Arguments:")
         for line in request.arguments_json().splitlines():
             self._print(f"  {printable(line)}")
+        if request.defaulted:
+            self._print(f"  (filled in from the tool's defaults, not sent by the model: "
+                        f"{printable(', '.join(request.defaulted))})")
 
     def _menu(self, request: ApprovalRequest) -> str:
         rest = self.allow_rest_of_run and self.allow_list.can_allow(request)
@@ -164,7 +168,7 @@ class ConsoleApprover:
                 edited = self._edit(request)
                 if edited is None:
                     continue
-                if edited == request.details:
+                if same_json(edited, request.details):  # as JSON: 1 -> true is an edit
                     return Decision.approve(by=_BY)
                 return Decision.approve(by=_BY, modified_details=edited)
             choices = "a, r, e or t" if rest else "a, r or e"
@@ -182,7 +186,7 @@ class ConsoleApprover:
                     break
                 lines.append(line)
                 try:
-                    value = json.loads("\n".join(lines))
+                    value = strict_json("\n".join(lines))
                 except ValueError:
                     continue
                 break
@@ -190,11 +194,11 @@ class ConsoleApprover:
                 return None
             text = "\n".join(lines)
             try:
-                value = json.loads(text)
+                value = strict_json(text)
             except ValueError as exc:
                 self._print(f"That is not valid JSON ({exc}); try again.")
                 continue
-            problems = _validate(request.schema, value)
+            problems = _validate(request, value)
             if not problems:
                 return dict(value)
             self._print(f"Those arguments do not fit {printable(request.action)}:")
@@ -214,9 +218,16 @@ def _input(prompt: str) -> str:
         raise
 
 
-def _validate(schema: dict[str, Any], value: Any) -> list[str]:
-    from ..tools import validate_arguments
-
+def _validate(request: ApprovalRequest, value: Any) -> list[str]:
+    """The tool's own check (the same as the call); the JSON-schema subset checker only for
+    requests built by hand without one."""
     if not isinstance(value, dict):
         return [f"the arguments must be a JSON object, not {type(value).__name__}"]
-    return validate_arguments(schema, value) if schema else []
+    if request.check is not None:
+        try:
+            return list(request.check(value))
+        except Exception as exc:  # a check that breaks lets no edit through
+            return [f"the arguments could not be checked ({type(exc).__name__})"]
+    from ..tools import validate_arguments
+
+    return validate_arguments(request.schema, value) if request.schema else []

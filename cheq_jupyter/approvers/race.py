@@ -69,10 +69,10 @@ class RaceApprover:
         source = str(getattr(self.remote, "name", "remote"))
 
         def forward(request: ApprovalRequest, decision: Decision) -> None:
+            # The card of this very request object: never matched by tool_call_id, which the
+            # model chooses (two calls of a turn may share one, or both have none).
             if decision.status in ("approved", "rejected") and not stop.is_set():
-                self.card.decide_externally(
-                    request.tool_call_id, decision, source=source, wait=_CARD_GRACE
-                )
+                self.card.decide_externally(request, decision, source=source, wait=_CARD_GRACE)
 
         def ask_remote() -> None:
             try:
