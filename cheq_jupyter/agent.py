@@ -339,6 +339,9 @@ def _prepare(
     if tool is None:
         known = ", ".join(sorted(spec.tools)) or "none"
         record.error = f"There is no tool named {name[:80]!r}; the available tools are: {known}."
+        meant = name.strip().rsplit(".", 1)[-1].strip()
+        if meant != name and meant in spec.tools:
+            record.error += f" Call it by its exact name, {meant!r}."
     else:
         try:
             record.arguments, defaulted = tool.with_defaults(tool.parse_arguments(raw))
