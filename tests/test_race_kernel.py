@@ -7,7 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from cheq_jupyter.testing import FakeCheqpoint, FakeMistral, KernelFrontend, text, tool_call
+from cheq_jupyter.testing import (
+    FakeCheqpoint,
+    FakeMistral,
+    KernelFrontend,
+    call,
+    text,
+    tool_call,
+    tool_calls,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -20,6 +28,10 @@ def refund(customer: str, amount: float) -> str:
     """Refund money to a customer."""
     RAN.append({"customer": customer, "amount": amount})
     return f"refunded {amount} to {customer}"
+def lookup(customer: str) -> str:
+    """Look a customer up."""
+    RAN.append({"lookup": customer})
+    return f"{customer}: fine"
 '''
 
 
@@ -40,7 +52,7 @@ def cell(fake: FakeMistral, approver: str, inbox: FakeCheqpoint | None = None) -
         f"RAN.clear()\n{env}"
         f"os.environ['MISTRAL_API_KEY'] = {fake.api_key!r}\n"
         f"os.environ['MISTRAL_SERVER_URL'] = {fake.url!r}\n"
-        f"r = run_agent('refund', tools=[refund], approver={approver})\n"
+        f"r = run_agent('refund', tools=[refund, lookup], approver={approver})\n"
         "print('RAN:', json.dumps(RAN))\n"
         "print('BY:', json.dumps([(d.decided_by, d.status, d.decision_note) for d in r.decisions]))"
     )
@@ -100,3 +112,29 @@ def test_approve_for_the_rest_of_the_run_skips_later_cards_of_that_tool(
     assert [d[:2] for d in decisions] == [["card", "approved"], ["policy", "approved"]]
     assert "Approved for the rest of this run" in str(decisions[1][2])
     assert len(kernel.cards(execution=running)) == 1  # no second card was shown
+
+
+@pytest.mark.parametrize("call_id", ["dupdup123", ""])
+def test_a_cheqpoint_approval_of_one_call_never_decides_another_with_the_same_id(
+    kernel: KernelFrontend, call_id: str
+) -> None:
+    """The model gives a destructive and a harmless call one id (or none): Cheqpoint approves
+    the harmless one at once, and the destructive one still waits for the person."""
+    turn = tool_calls(call("refund", {"customer": "c1", "amount": 900}, id=call_id),
+                      call("lookup", {"customer": "c1"}, id=call_id))
+    with FakeMistral([turn, text("ok")]) as fake, FakeCheqpoint(
+        auto={"lookup": ("APPROVED", None, "harmless")}
+    ) as inbox:
+        running = kernel.execute_async(cell(fake, "RaceApprover(timeout=60)", inbox))
+        refund_card, lookup_card = kernel.wait_for_cards(2, execution=running)
+        kernel.wait_until(lambda: lookup_card.decided, what="Cheqpoint to approve the lookup")
+        assert lookup_card.status.endswith("(decided in cheqpoint)")
+        assert not refund_card.decided  # the refund is still waiting for the person
+        assert inbox.approvals[0].status == "PENDING"
+        refund_card.click("cheq-reject")
+        result = running.wait()
+    assert result.status == "ok", result.error
+    assert printed(result.stdout, "RAN: ") == [{"lookup": "c1"}]
+    assert [d[:2] for d in printed(result.stdout, "BY: ")] == [
+        ["card", "rejected"], ["cheqpoint", "approved"]]
+    assert [status for status, _ in fake.responses] == [200, 200]
