@@ -322,3 +322,53 @@ def test_reject_all_rejects_every_pending_card_with_its_note(kernel: KernelFront
     result = running.wait()
     assert result.stdout == "[('rejected', 'wrong customer'), ('rejected', None)]\n"
     assert first.status.startswith("rejected by card") and second.decided
+
+
+BOOK = '''
+import datetime
+BOOKED = []
+def book(when: datetime.date, seats: int, vip: bool = False) -> str:
+    """Book seats."""
+    BOOKED.append(dict(when=str(when), seats=seats, vip=vip))
+    return "booked"
+os.environ["MISTRAL_API_KEY"] = KEY
+os.environ["MISTRAL_SERVER_URL"] = URL
+r = run_agent("book", tools=[book], approver=WidgetApprover(timeout=60))
+print("BOOKED:", json.dumps(BOOKED))
+print("DECISION:", r.tool_calls[0].decision.status, json.dumps(r.tool_calls[0].decision.modified_details))
+'''
+
+
+def test_the_card_shows_defaults_and_refuses_edits_the_call_would_refuse(
+    kernel: KernelFrontend,
+) -> None:
+    script = [tool_call("book", {"when": "2030-01-02", "seats": 2}), text("Booked.")]
+    with FakeMistral(script) as fake:
+        running = kernel.execute_async(f"KEY, URL = {fake.api_key!r}, {fake.url!r}\n" + BOOK)
+        (card,) = kernel.wait_for_cards(1, execution=running)
+        # Every argument the tool runs with is shown; the default is marked as one.
+        assert json.loads(card.state("cheq-args")["value"]) == {
+            "when": "2030-01-02", "seats": 2, "vip": False}
+        assert "cheq-default" in card.html and "Filled in from the tool's defaults" in card.html
+        # The JSON-schema subset checker accepted these; the call's own validation does not.
+        for edit in ({"when": "2030-01-02", "seats": 5.0, "vip": False},
+                     {"when": "tomorrow", "seats": 2, "vip": False},
+                     {"when": "2030-01-02", "seats": 2, "vip": 0}):
+            card.set_value("cheq-args", json.dumps(edit))
+            kernel.wait_until(lambda: "Cannot approve" in card.text("cheq-feedback")
+                              and card.state("cheq-approve")["disabled"],
+                              what=f"the card to refuse {edit}")
+            card.click("cheq-approve")  # refused: still waiting
+            card.set_value("cheq-args", json.dumps({"when": "2030-01-02", "seats": 2}))
+            kernel.wait_until(lambda: not card.state("cheq-approve")["disabled"],
+                              what="re-enabled")
+        assert not running.done
+        card.set_value("cheq-args", json.dumps({"when": "2030-01-02", "seats": 3}))
+        kernel.wait_until(lambda: "2 → 3" in card.text("cheq-feedback"), what="the diff")
+        card.click("cheq-approve")
+        result = running.wait()
+    assert result.status == "ok", result.error
+    booked = next(x for x in result.stdout.splitlines() if x.startswith("BOOKED: "))
+    assert json.loads(booked[8:]) == [{"when": "2030-01-02", "seats": 3, "vip": False}]
+    decision = next(x for x in result.stdout.splitlines() if x.startswith("DECISION: "))
+    assert decision == 'DECISION: approved {"when": "2030-01-02", "seats": 3, "vip": false}'
