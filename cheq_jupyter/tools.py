@@ -54,12 +54,18 @@ class Tool:
     parameters: dict[str, Any]
     summary_template: str | None = None
     is_async: bool = field(default=False)
-    #: Parameter name -> the field of ``arguments_model`` holding it.  The model's fields have
-    #: neutral names (``p0``, ``p1``...) aliased to the parameters, so a parameter may be named
-    #: like a pydantic attribute (``model_extra``, ``json``, ``_x``) and still get its value.
-    field_names: Mapping[str, str] = field(default_factory=dict)
-    #: The defaults of the optional parameters, as JSON values (what the reviewer is shown).
+    #: The defaults of the optional parameters, as JSON values (what the reviewer is shown);
+    #: read from ``arguments_model`` when not given.
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.defaults:
+            found = {
+                info.alias or name: _default_json(self.name, info.alias or name, info.default)
+                for name, info in self.arguments_model.model_fields.items()
+                if not info.is_required() and info.default_factory is None
+            }
+            object.__setattr__(self, "defaults", found)
 
     def to_mistral(self) -> dict[str, Any]:
         """The tool as Mistral's ``tools`` list takes it."""
@@ -162,12 +168,17 @@ class Tool:
     def call_arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validated keyword arguments for the function (nested models become instances).
 
-        Read by parameter name from the model's neutral field names: never an attribute
-        lookup by the parameter's own name on a pydantic model.
+        The model's fields have neutral names (``p0``, ``p1``...) aliased to the parameters,
+        and the values are read from the validated model's field values by those names: never
+        an attribute lookup by the parameter's own name, so a parameter may be named like a
+        pydantic attribute (``model_extra``, ``json``, ``_x``) and still get its value.
         """
         model = self.validate(arguments)
         values = vars(model)
-        return {param: values[internal] for param, internal in self.field_names.items()}
+        return {
+            info.alias or name: values[name]
+            for name, info in type(model).model_fields.items()
+        }
 
     def summarize(self, arguments: Mapping[str, Any]) -> str:
         """A one-line summary of a call, for the reviewer."""
@@ -287,7 +298,6 @@ def _make_tool(
         ) from None
     doc_text, doc_params = _docstring_parts(inspect.getdoc(fn) or "")
     fields: dict[str, Any] = {}
-    field_names: dict[str, str] = {}
     defaults: dict[str, Any] = {}
     for index, param in enumerate(signature.parameters.values()):
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -306,9 +316,7 @@ def _make_tool(
                 "(e.g. `amount: float`) so the model knows what to send."
             )
         default = ... if param.default is inspect.Parameter.empty else param.default
-        internal = f"p{index}"
-        field_names[param.name] = internal
-        fields[internal] = (
+        fields[f"p{index}"] = (  # a neutral name; the parameter's own is the alias
             hints[param.name],
             pydantic.Field(
                 default=default, alias=param.name, description=doc_params.get(param.name)
@@ -339,7 +347,6 @@ def _make_tool(
         parameters=parameters,
         summary_template=summary,
         is_async=inspect.iscoroutinefunction(fn),
-        field_names=field_names,
         defaults=defaults,
     )
     _check_defaults(made)

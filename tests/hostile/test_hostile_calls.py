@@ -428,3 +428,24 @@ def test_cheqpoint_treats_1_to_true_as_an_edit_and_checks_edits_like_the_call() 
     decision = result.tool_calls[0].decision
     assert decision is not None and decision.status == "cancelled"
     assert "refuses" in (decision.decision_note or "")
+
+
+def test_a_tool_built_by_hand_also_shows_and_runs_with_its_defaults() -> None:
+    got: list[dict[str, Any]] = []
+
+    class Arguments(BaseModel):
+        to: str
+        amount: int = 1_000_000
+
+    def transfer(to: str, amount: int) -> str:
+        got.append({"to": to, "amount": amount})
+        return "sent"
+
+    made = Tool("transfer", "Transfer money.", transfer, Arguments,
+                Arguments.model_json_schema())
+    asked = Asked()
+    with FakeMistral([MALLORY, text("sent")]) as fake:
+        run_agent("go", tools=[made], approver=asked, client=fake.client())
+    assert asked.requests[0].details == {"to": "mallory", "amount": 1_000_000}
+    assert asked.requests[0].defaulted == ("amount",)
+    assert got == [{"to": "mallory", "amount": 1_000_000}]
