@@ -108,13 +108,14 @@ HOSTILE_ARGUMENTS = {
 }
 
 
+@pytest.mark.parametrize("logged", [True, False], ids=["audit log on", "audit log off"])
 @pytest.mark.parametrize("raw", HOSTILE_ARGUMENTS.values(), ids=HOSTILE_ARGUMENTS.keys())
 def test_hostile_arguments_go_back_to_the_model_before_anyone_is_asked(
-    raw: str, tmp_path: Path
+    raw: str, logged: bool, tmp_path: Path
 ) -> None:
     bank, asked = Bank(), Asked()
     with FakeMistral([tool_call("scale", raw), text("I could not scale.")]) as fake:
-        result = run(fake, bank, asked, tmp_path)
+        result = run(fake, bank, asked, tmp_path if logged else None)
     assert asked.requests == []  # no reviewer was ever shown it
     assert bank.ran == []
     assert [status for status, _ in fake.responses] == [200, 200]  # the run went on
