@@ -127,8 +127,10 @@ def test_a_cheqpoint_approval_of_one_call_never_decides_another_with_the_same_id
     ) as inbox:
         running = kernel.execute_async(cell(fake, "RaceApprover(timeout=60)", inbox))
         refund_card, lookup_card = kernel.wait_for_cards(2, execution=running)
-        kernel.wait_until(lambda: lookup_card.decided, what="Cheqpoint to approve the lookup")
-        assert lookup_card.status.endswith("(decided in cheqpoint)")
+        # Controls and status line are separate widget updates: wait for both.
+        kernel.wait_until(lambda: lookup_card.decided
+                          and lookup_card.status.endswith("(decided in cheqpoint)"),
+                          what="Cheqpoint to approve the lookup")
         assert not refund_card.decided  # the refund is still waiting for the person
         assert inbox.approvals[0].status == "PENDING"
         refund_card.click("cheq-reject")
