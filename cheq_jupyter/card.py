@@ -7,14 +7,16 @@
 
 Each card shows the tool, a one-line summary and the arguments (model text, always escaped),
 with **Approve**, **Reject** (with an optional note) and **Edit** (a JSON editor; the diff
-against the model's arguments is shown, and edits that fail the tool's own validation, the same
-as the call's, cannot be approved).  Arguments filled in from the tool's defaults are shown and
-marked as defaults.  All calls of one model turn appear together, with **Approve all** /
-**Reject all** when there are several; the cell goes on when every card is decided.  Fail
-closed: after ``timeout`` seconds (a countdown is shown) undecided calls are ``timed_out``; a
-kernel interrupt marks them ``cancelled`` and re-raises ``KeyboardInterrupt``.  Once decided,
-every control is disabled, a status line says what was decided, by whom and when, and a static
-HTML record stays in the output for notebooks opened without a kernel.
+against the model's arguments is shown, and edits that fail the tool's own validation cannot be
+approved).  All calls of one model turn appear together, with **Approve all** / **Reject all**
+when there are several; the cell goes on when every card is decided.  Fail closed: after
+``timeout`` seconds (a countdown is shown) undecided calls are ``timed_out``; a kernel
+interrupt marks them ``cancelled`` and re-raises ``KeyboardInterrupt``.  Once decided, every
+control is disabled, a status line says what was decided, by whom and when, and a static HTML
+record stays in the output for notebooks opened without a kernel.
+
+Arguments the model left out are shown with the values the tool's defaults give them,
+marked as defaults; edits are checked with ``request.check``, the same validation as the call.
 
 Stable ``_dom_classes`` for tests and styling: ``cheq-card``, ``cheq-approve``,
 ``cheq-reject``, ``cheq-edit``, ``cheq-args`` (the JSON Textarea; editing it and pressing
