@@ -21,9 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
-import secrets
-import string
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -32,8 +29,8 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from . import _sdk
-from ._strictjson import dump_json, json_copy, same_json
+from . import _history, _sdk
+from ._strictjson import json_copy, same_json
 from .approval import (
     ApprovalRequest,
     Approver,
@@ -263,56 +260,13 @@ def _not_approved_text(decision: Decision, automatic: frozenset[str] = _AUTOMATI
     return f"Not approved: the approval was cancelled, so the call did not run.{note}"
 
 
-# -- keeping the conversation valid for the API -------------------------------------------
-
-_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
-_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-#: What a call whose name the API would refuse is called in the history sent back.
-_INVALID_NAME = "invalid_tool_name"
-_ID_ALPHABET = string.ascii_letters + string.digits
-
-
-def _turn_ids(calls: Sequence[Any]) -> list[str]:
-    """One id per call, valid for the API and unique in the turn: the model's own where it is
-    (9 of a-z, A-Z, 0-9, not used before in the turn), else a fresh one.  Decisions are never
-    matched by these ids, but the tool results that answer the calls are."""
-    used: set[str] = set()
-    ids = []
-    for item in calls:
-        raw = item.get("id") if isinstance(item, Mapping) else None
-        if isinstance(raw, str) and _CALL_ID.fullmatch(raw) and raw not in used:
-            call_id = raw
-        else:
-            call_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
-            while call_id in used:
-                call_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
-        used.add(call_id)
-        ids.append(call_id)
-    return ids
-
-
-def _history_name(name: str) -> str:
-    return name if _FUNCTION_NAME.fullmatch(name) else _INVALID_NAME
-
-
 def _history_message(message: Message, turn: Sequence[ToolCallRecord]) -> Message:
     """The assistant turn as it goes back to the API: valid ids and names, string arguments."""
-    calls = []
-    for record in turn:
-        arguments = record.raw_arguments
-        if not isinstance(arguments, str):
-            try:
-                arguments = dump_json(arguments if arguments is not None else {})
-            except ValueError:
-                arguments = "{}"
-        calls.append({"id": record.id, "type": "function",
-                      "function": {"name": _history_name(record.name), "arguments": arguments}})
-    return {**message, "tool_calls": calls}
+    return _history.assistant_turn(message, [(r.id, r.name, r.raw_arguments) for r in turn])
 
 
 def _tool_message(record: ToolCallRecord) -> Message:
-    return {"role": "tool", "tool_call_id": record.id, "name": _history_name(record.name),
-            "content": record.result}
+    return _history.tool_message(record.id, record.name, record.result)
 
 
 def _initial_messages(spec: _Spec) -> list[Message]:
@@ -487,7 +441,7 @@ def _tool_loop(spec: _Spec, messages: list[Message], records: list[ToolCallRecor
         if not calls:
             return str(message.get("content") or ""), step, True
         turn = [_prepare(spec, step, call, call_id)
-                for call, call_id in zip(calls, _turn_ids(calls), strict=True)]
+                for call, call_id in zip(calls, _history.turn_ids(calls), strict=True)]
         messages.append(_history_message(message, turn))
         yield from _decide_and_close(spec, messages, turn)
         for record in turn:
