@@ -38,7 +38,7 @@ import zmq
 
 from .errors import FrontendUnavailableError
 
-__all__ = ["Waker", "check_kernel", "wait_for"]
+__all__ = ["Waker", "check_kernel", "comm_messages", "wait_for"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ _REANNOUNCE_EARLY = 5.0
 _REANNOUNCE_EVERY = 30
 #: Strong references to the tasks that hand deferred messages back (asyncio keeps weak ones).
 _REQUEUED: set[asyncio.Future[Any]] = set()
+#: Widget (comm) messages run in place by :func:`wait_for` in this process so far.
+_COMM_MESSAGES = 0
+
+
+def comm_messages() -> int:
+    """How many widget messages reached a waiting cell in this session (0: maybe none can)."""
+    return _COMM_MESSAGES
 
 
 class Waker:
@@ -220,6 +227,8 @@ def check_kernel() -> None:
 
 def _run_comm(backend: _Backend, idents: list[bytes], msg: dict[str, Any]) -> None:
     """Run one comm message now, as the kernel would, then give the cell its parent back."""
+    global _COMM_MESSAGES
+    _COMM_MESSAGES += 1
     kernel = backend.kernel
     cell_ident = kernel._parent_ident["shell"]
     cell_parent = kernel.get_parent("shell")
