@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 import threading
 import time
@@ -124,9 +125,30 @@ class _Backend:
 
 _UNKNOWN = (
     "cheq_jupyter cannot wait for the approval card on this kernel ({detail}); use "
-    "ipykernel 6.29 or 7.x, or pass another approver (a Policy, Cheqpoint or the console "
-    "approver)."
+    "ipykernel 6.29 or 7.x, or %%mistral_agent --no-wait, or pass another approver (a Policy, "
+    "Cheqpoint or the console approver)."
 )
+#: The oldest ipykernel the blocking wait is tested on (scripts/kernel-matrix); older kernels
+#: use no-wait mode (their internals may look alike, but nobody checked them).
+OLDEST_TESTED = (6, 29)
+
+
+def ipykernel_version() -> str:
+    """The running ipykernel's version ('' when it cannot be told)."""
+    version = getattr(sys.modules.get("ipykernel"), "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("ipykernel")
+        except Exception:
+            version = ""
+    return str(version)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    match = re.match(r"(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else ()
 
 
 def _kernel() -> Any:
@@ -153,6 +175,12 @@ def _kernel() -> Any:
 
 def _backend() -> _Backend:
     kernel = _kernel()
+    version = ipykernel_version()
+    if _version(version) < OLDEST_TESTED:
+        raise FrontendUnavailableError(_UNKNOWN.format(
+            detail=f"ipykernel {version or '(unknown version)'} is older than 6.29, the oldest "
+                   "it is tested on"
+        ))
     if threading.current_thread() is not threading.main_thread():
         raise FrontendUnavailableError(
             "The approval card can only wait on the kernel's main thread, but it was called "

@@ -91,8 +91,9 @@ def detect_frontend(
 
 
 def _ipykernel_version() -> str:
-    mod = sys.modules.get("ipykernel")
-    return str(getattr(mod, "__version__", "?"))
+    from ._blocking import ipykernel_version
+
+    return ipykernel_version() or "?"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ The holding frontend (``KernelFrontend(hold_comms=True)``) sends no click or edi
 runs; it sends them, in order, once the cell has finished (microsoft/vscode-jupyter#17360).
 The tool writes to a file in the kernel's directory, so what ran survives a kernel restart,
 and it notes what the audit log held when it ran (the decision must be logged first).
+Tests marked ``blocking`` need the blocking card (ipykernel 6.29 or later); the others run on
+every kernel of scripts/kernel-matrix, ipykernel 5.5 (Colab's) included.
 """
 
 from __future__ import annotations
@@ -236,6 +238,7 @@ def test_kernel_restart_with_a_pending_card_runs_nothing(
     assert ran(tmp_path) == [] and audit(tmp_path) == []
 
 
+@pytest.mark.blocking
 def test_pending_run_wait_blocks_a_later_cell_where_clicks_arrive(tmp_path: Path) -> None:
     kernel = start_kernel(tmp_path)
     try:
@@ -256,6 +259,7 @@ def test_pending_run_wait_blocks_a_later_cell_where_clicks_arrive(tmp_path: Path
         kernel.shutdown()
 
 
+@pytest.mark.blocking
 def test_auto_blocks_in_a_kernel_without_vscode_or_colab(tmp_path: Path) -> None:
     kernel = start_kernel(tmp_path)
     try:
@@ -274,6 +278,7 @@ def test_auto_blocks_in_a_kernel_without_vscode_or_colab(tmp_path: Path) -> None
         kernel.shutdown()
 
 
+@pytest.mark.blocking
 def test_self_check_reports_clicks_arrive(tmp_path: Path) -> None:
     kernel = start_kernel(tmp_path)
     try:
@@ -291,6 +296,7 @@ def test_self_check_reports_clicks_arrive(tmp_path: Path) -> None:
         kernel.shutdown()
 
 
+@pytest.mark.blocking
 def test_self_check_reports_clicks_held_and_auto_then_uses_no_wait(tmp_path: Path) -> None:
     kernel = start_kernel(tmp_path, hold_comms=True)  # no VS Code marker: only the check knows
     try:
@@ -315,6 +321,7 @@ def test_self_check_reports_clicks_held_and_auto_then_uses_no_wait(tmp_path: Pat
         kernel.shutdown()
 
 
+@pytest.mark.blocking
 def test_first_blocking_card_without_any_click_says_how_to_switch(tmp_path: Path) -> None:
     kernel = start_kernel(tmp_path, hold_comms=True)
     try:
@@ -330,5 +337,49 @@ def test_first_blocking_card_without_any_click_says_how_to_switch(tmp_path: Path
             result = running.wait()
         assert result.status == "ok"
         assert ran(tmp_path) == []
+    finally:
+        kernel.shutdown()
+
+
+UNKNOWN_KERNEL = (
+    "import cheq_jupyter._blocking as b\n"
+    "b.OLDEST_TESTED = (99, 0)  # as if this ipykernel were one the blocking card does not know"
+)
+
+
+def test_auto_on_a_kernel_the_card_cannot_block_on_uses_no_wait(tmp_path: Path) -> None:
+    kernel = start_kernel(tmp_path)  # plain frontend, no VS Code marker
+    try:
+        assert kernel.execute(UNKNOWN_KERNEL).status == "ok"
+        with FakeMistral([CHANGE, text("Changed.")]) as fake:
+            use(kernel, fake)
+            running, (card,) = no_wait_cell(kernel, CELL)
+            [mode] = [d["text/plain"] for d in running.result().displays
+                      if "cheq-mode" in d.get("text/html", "")]
+            assert "no-wait mode (the blocking card does not know this ipykernel" in mode
+            card.click("cheq-approve")
+            wait_finished(kernel, run_box(kernel, running), "Changed.")
+        assert [r["account_id"] for r in ran(tmp_path)] == ["acct_1"]
+        check = kernel.execute("%mistral_agent --check 1")
+        assert "The blocking card cannot wait on this kernel" in check.stdout
+        assert "Mode: no-wait (the self-check saw no click" in check.stdout
+    finally:
+        kernel.shutdown()
+
+
+def test_wait_forced_on_a_kernel_the_card_cannot_block_on_fails_closed(tmp_path: Path) -> None:
+    kernel = start_kernel(tmp_path)
+    try:
+        assert kernel.execute(UNKNOWN_KERNEL).status == "ok"
+        with FakeMistral([CHANGE, text("Nothing was changed.")]) as fake:
+            use(kernel, fake)
+            result = kernel.execute(
+                "%%mistral_agent --wait -t change_email -o res --audit audit.jsonl\nChange it")
+            assert result.status == "ok", result.error
+            tool_msg = [m for m in fake.requests[1]["messages"] if m["role"] == "tool"][0]
+        assert "approval was cancelled" in tool_msg["content"]
+        assert "--no-wait" in tool_msg["content"]
+        assert ran(tmp_path) == []
+        assert [r["status"] for r in audit(tmp_path)] == ["cancelled"]
     finally:
         kernel.shutdown()

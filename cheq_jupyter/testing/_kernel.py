@@ -35,6 +35,8 @@ from typing import Any, Literal, overload
 
 __all__ = ["Card", "Execution", "ExecutionResult", "KernelFrontend"]
 
+#: The interpreter kernels start with when none is given (the kernel matrix sets it).
+KERNEL_PYTHON_ENV = "CHEQ_JUPYTER_KERNEL_PYTHON"
 _MODEL_REF = "IPY_MODEL_"
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _TAGS = re.compile(r"<[^>]+>")
@@ -164,7 +166,8 @@ class Card:
 class KernelFrontend:
     """Start a kernel, run cells, follow widgets, click them (see the module doc).
 
-    ``python`` is the interpreter of the kernel (default: ``sys.executable``); ``env`` adds
+    ``python`` is the interpreter of the kernel (default: ``$CHEQ_JUPYTER_KERNEL_PYTHON``, else
+    ``sys.executable``); ``env`` adds
     environment variables for the kernel; ``cwd`` is its working directory.  With
     ``hold_comms=True`` it behaves like the frontends that do not deliver widget messages to a
     busy kernel (VS Code, microsoft/vscode-jupyter#17360): every click and edit made while a
@@ -183,7 +186,7 @@ class KernelFrontend:
         self.hold_comms = hold_comms
         #: Widget messages held until the running cells finish (``hold_comms``).
         self.held: list[dict[str, Any]] = []
-        self.python = python or sys.executable
+        self.python = python or os.environ.get(KERNEL_PYTHON_ENV) or sys.executable
         self.env = dict(env or {})
         self.cwd = cwd
         self.startup_timeout = startup_timeout
