@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ import zmq
 
 from .errors import FrontendUnavailableError
 
-__all__ = ["Waker", "check_kernel", "wait_for"]
+__all__ = ["Waker", "check_kernel", "comm_messages", "wait_for"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ _REANNOUNCE_EARLY = 5.0
 _REANNOUNCE_EVERY = 30
 #: Strong references to the tasks that hand deferred messages back (asyncio keeps weak ones).
 _REQUEUED: set[asyncio.Future[Any]] = set()
+#: Widget (comm) messages run in place by :func:`wait_for` in this process so far.
+_COMM_MESSAGES = 0
+
+
+def comm_messages() -> int:
+    """How many widget messages reached a waiting cell in this session (0: maybe none can)."""
+    return _COMM_MESSAGES
 
 
 class Waker:
@@ -117,9 +125,30 @@ class _Backend:
 
 _UNKNOWN = (
     "cheq_jupyter cannot wait for the approval card on this kernel ({detail}); use "
-    "ipykernel 6.29 or 7.x, or pass another approver (a Policy, Cheqpoint or the console "
-    "approver)."
+    "ipykernel 6.29 or 7.x, or %%mistral_agent --no-wait, or pass another approver (a Policy, "
+    "Cheqpoint or the console approver)."
 )
+#: The oldest ipykernel the blocking wait is tested on (scripts/kernel-matrix); older kernels
+#: use no-wait mode (their internals may look alike, but nobody checked them).
+OLDEST_TESTED = (6, 29)
+
+
+def ipykernel_version() -> str:
+    """The running ipykernel's version ('' when it cannot be told)."""
+    version = getattr(sys.modules.get("ipykernel"), "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("ipykernel")
+        except Exception:
+            version = ""
+    return str(version)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    match = re.match(r"(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else ()
 
 
 def _kernel() -> Any:
@@ -146,6 +175,12 @@ def _kernel() -> Any:
 
 def _backend() -> _Backend:
     kernel = _kernel()
+    version = ipykernel_version()
+    if _version(version) < OLDEST_TESTED:
+        raise FrontendUnavailableError(_UNKNOWN.format(
+            detail=f"ipykernel {version or '(unknown version)'} is older than 6.29, the oldest "
+                   "it is tested on"
+        ))
     if threading.current_thread() is not threading.main_thread():
         raise FrontendUnavailableError(
             "The approval card can only wait on the kernel's main thread, but it was called "
@@ -220,6 +255,8 @@ def check_kernel() -> None:
 
 def _run_comm(backend: _Backend, idents: list[bytes], msg: dict[str, Any]) -> None:
     """Run one comm message now, as the kernel would, then give the cell its parent back."""
+    global _COMM_MESSAGES
+    _COMM_MESSAGES += 1
     kernel = backend.kernel
     cell_ident = kernel._parent_ident["shell"]
     cell_parent = kernel.get_parent("shell")

@@ -37,6 +37,8 @@ class CellPlan:
     deny: list[str] = field(default_factory=list)
     history: list[Message] | None = None
     audit_log: str = ""
+    #: ``auto``, ``block`` or ``no-wait`` (see :mod:`cheq_jupyter.waitmode`).
+    wait: str = "auto"
 
 
 class _Namespace(Mapping[str, Any]):
@@ -152,6 +154,7 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
                 f"{option} names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'}"
                 " not among the --tools; list it in --tools too."
             )
+    wait = _wait_option(args, defaults)
     both = sorted(set(approve) & set(deny))
     if both:
         raise UsageError(f"{', '.join(both)} is in both --approve and --deny; choose one.")
@@ -169,4 +172,23 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
         deny=deny,
         history=resolve_history(args.continue_, ns),
         audit_log=args.audit if args.audit is not None else defaults.get("audit_log", ""),
+        wait=wait,
     )
+
+
+def _wait_option(args: Any, defaults: Mapping[str, Any]) -> str:
+    """``--wait`` / ``--no-wait`` (not both), else the ``wait`` setting."""
+    from .errors import ConfigurationError
+    from .waitmode import normalize_wait
+
+    block, no_wait = getattr(args, "wait", False), getattr(args, "no_wait", False)
+    if block and no_wait:
+        raise UsageError("--wait and --no-wait contradict each other; pass one of them.")
+    if block:
+        return "block"
+    if no_wait:
+        return "no-wait"
+    try:
+        return normalize_wait(defaults.get("wait", "auto"))
+    except ConfigurationError as exc:
+        raise UsageError(f"MistralAgentMagics.{exc}") from None

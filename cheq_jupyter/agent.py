@@ -590,6 +590,22 @@ def _model_error(exc: Exception) -> CheqJupyterError:
     )
 
 
+def _complete(client: Any, kwargs: dict[str, Any]) -> Any:
+    """The one synchronous model request of every driver (blocking and no-wait)."""
+    try:
+        return client.chat.complete(**kwargs)
+    except Exception as exc:
+        raise _model_error(exc) from None
+
+
+def _invoke(run: _Run, op: _Invoke) -> None:
+    """Run one approved synchronous tool call and hand its outcome to the loop."""
+    try:
+        run.tool_answered(op.tool.function(**op.kwargs))
+    except Exception as exc:
+        run.tool_answered(error=exc)
+
+
 class _Run:
     """Drives :func:`_agent_steps`: hands out its requests and takes the answers back."""
 
@@ -668,18 +684,11 @@ def run_agent(
     try:
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
-                try:
-                    response = client.chat.complete(**op.kwargs)
-                except Exception as exc:
-                    raise _model_error(exc) from None
-                run.model_answered(response)
+                run.model_answered(_complete(client, op.kwargs))
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:
-                try:
-                    run.tool_answered(op.tool.function(**op.kwargs))
-                except Exception as exc:
-                    run.tool_answered(error=exc)
+                _invoke(run, op)
     finally:
         run.close()
     return cast(AgentResult[OutputT], run.result)

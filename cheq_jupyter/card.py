@@ -66,8 +66,26 @@ _EDIT_HINT = (
     "<div>Edit the JSON, then click outside the box (or press Tab): the card checks the "
     "arguments and shows what changed.</div>"
 )
+#: Seconds without any widget message before a blocking card says how to switch to no-wait.
+_HINT_AFTER = 20.0
+_NO_CLICK_HINT = (
+    "<div class='cheq-no-click-hint' style='color:#8a5300'>No click has reached the kernel "
+    "yet. If you clicked and nothing happened, this frontend holds widget messages while a "
+    "cell runs (VS Code does): interrupt the kernel, then run the cell again with "
+    "<code>%%mistral_agent --no-wait</code>, or set <code>%config MistralAgentMagics.wait = "
+    "'no-wait'</code>. <code>%mistral_agent --check</code> tests this frontend.</div>"
+)
 #: JupyterLab right-aligns and vertically centres HTML table cells (made for DataFrames).
 _TD = "<td style='text-align:left;vertical-align:top'>"
+
+
+def _countdown_html(cards: Sequence[_Card], left: float | None) -> str:
+    pending = sum(c.decision is None for c in cards)
+    text = f"{pending} of {len(cards)} call(s) waiting for your decision"
+    if left is not None:
+        minutes, seconds = divmod(int(left + 0.5), 60)
+        text += f", {minutes}:{seconds:02d} left (then not approved)"
+    return html.escape(text + ".")
 
 
 def _default_validator(request: ApprovalRequest, arguments: Any) -> list[str]:
@@ -178,6 +196,9 @@ class _Card:
         self.approver = approver
         self.request = request
         self.decision: Decision | None = None
+        #: No-wait mode: told when this card is decided; decisions after ``deadline`` time out.
+        self.on_settled: Callable[[_Card], None] | None = None
+        self.deadline: float | None = None
         self.source = ""
         self.original = request.arguments_json()
         self.info = w.HTML(header_html(request, self.original), layout=look.plain,
@@ -408,8 +429,19 @@ class WidgetApprover:
 
     def _settle(self, card: _Card, decision: Decision, source: str) -> None:
         """Record a decision made on the main thread (a click, the timeout, an interrupt)."""
+        if (
+            card.deadline is not None and decision.status != "timed_out"
+            and time.monotonic() >= card.deadline
+        ):
+            # No-wait: a click that reached the kernel after the deadline but before the
+            # timer fired (a busy kernel runs timers late) is still not an approval.
+            decision = Decision.timed_out(
+                f"Decided after the {self.timeout:g} second timeout; not approved.", by="card"
+            )
         if self._claim(card, decision, source):
             self._announce(card)
+            if card.on_settled is not None:
+                card.on_settled(card)
 
     def _announce(self, card: _Card) -> None:
         card.render_decided()
@@ -473,49 +505,17 @@ class WidgetApprover:
             answers = iter(self.decide_all(asked))
             return [d if d is not None else next(answers) for d in allowed]
         _blocking.check_kernel()  # fail before showing cards nobody can click
-        import ipywidgets as w
         from IPython.display import display
 
-        look = _Look()
-        cards = [_Card(self, r, look) for r in requests]
-        countdown = w.HTML("", layout=look.plain, style=look.html,
-                           _dom_classes=["cheq-countdown"])
-        children: list[Any] = [
-            w.HTML(_STYLE, layout=look.plain, style=look.html),
-            countdown,
-            *(c.box for c in cards),
-        ]
-        if len(cards) > 1:
-            approve_all = w.Button(description="Approve all", button_style="success",
-                                   layout=look.fit, style=look.button,
-                                   _dom_classes=["cheq-approve-all"])
-            reject_all = w.Button(description="Reject all", button_style="danger",
-                                  layout=look.fit, style=look.button,
-                                  _dom_classes=["cheq-reject-all"])
-
-            def approve_each(_button: Any) -> None:
-                for card in cards:
-                    card.try_approve()
-
-            def reject_each(_button: Any) -> None:
-                for card in cards:
-                    card.do_reject()
-
-            approve_all.on_click(approve_each)
-            reject_all.on_click(reject_each)
-            children.append(w.HBox([approve_all, reject_all], layout=look.plain))
-            group: list[Any] = [approve_all, reject_all]
-        else:
-            group = []
-        turn = w.VBox(children, layout=look.plain, _dom_classes=["cheq-turn"])
+        cards, turn, countdown, group = self._turn(requests)
+        started = time.monotonic()
 
         def tick(left: float | None) -> None:
-            pending = sum(c.decision is None for c in cards)
-            text = f"{pending} of {len(cards)} call(s) waiting for your decision"
-            if left is not None:
-                minutes, seconds = divmod(int(left + 0.5), 60)
-                text += f", {minutes}:{seconds:02d} left (then not approved)"
-            countdown.value = html.escape(text + ".")
+            countdown.value = _countdown_html(cards, left)
+            if _blocking.comm_messages() == 0 and time.monotonic() - started >= _HINT_AFTER:
+                # Not one widget message yet in this session: the frontend may hold clicks
+                # while a cell runs (VS Code does).  Say how to get out of it.
+                countdown.value += _NO_CLICK_HINT
 
         def done() -> bool:
             self._take_external()
@@ -560,13 +560,127 @@ class WidgetApprover:
             self._show_record(cards, display)
         return [c.decision for c in cards if c.decision is not None]
 
+    def _turn(self, requests: Sequence[ApprovalRequest]) -> tuple[
+        list[_Card], Any, Any, list[Any]
+    ]:
+        """The widgets of one turn: ``(cards, the turn box, its countdown, group buttons)``."""
+        import ipywidgets as w
+
+        look = _Look()
+        cards = [_Card(self, r, look) for r in requests]
+        countdown = w.HTML("", layout=look.plain, style=look.html,
+                           _dom_classes=["cheq-countdown"])
+        children: list[Any] = [
+            w.HTML(_STYLE, layout=look.plain, style=look.html),
+            countdown,
+            *(c.box for c in cards),
+        ]
+        group: list[Any] = []
+        if len(cards) > 1:
+            approve_all = w.Button(description="Approve all", button_style="success",
+                                   layout=look.fit, style=look.button,
+                                   _dom_classes=["cheq-approve-all"])
+            reject_all = w.Button(description="Reject all", button_style="danger",
+                                  layout=look.fit, style=look.button,
+                                  _dom_classes=["cheq-reject-all"])
+
+            def approve_each(_button: Any) -> None:
+                for card in cards:
+                    card.try_approve()
+
+            def reject_each(_button: Any) -> None:
+                for card in cards:
+                    card.do_reject()
+
+            approve_all.on_click(approve_each)
+            reject_all.on_click(reject_each)
+            children.append(w.HBox([approve_all, reject_all], layout=look.plain))
+            group = [approve_all, reject_all]
+        turn = w.VBox(children, layout=look.plain, _dom_classes=["cheq-turn"])
+        return cards, turn, countdown, group
+
+    # -- no-wait: show the cards, return, call back when decided --------------------------------
+    def begin(
+        self,
+        requests: Sequence[ApprovalRequest],
+        on_done: Callable[[list[Decision]], None],
+        *,
+        show: Callable[..., Any],
+        later: Callable[[float, Callable[[], None]], Callable[[], None]],
+    ) -> Callable[[], None]:
+        """Show the cards of one turn and return at once (no-wait mode).
+
+        ``on_done(decisions)`` is called once, in request order, from the kernel's event loop
+        after the last card is decided or the timeout fires (undecided calls: ``timed_out``).
+        ``show(widget_or_bundle, raw=True)`` puts output in the run's area; ``later(seconds,
+        callback)`` schedules a callback on the kernel's event loop and returns its cancel.
+        Returns a function that cancels the undecided calls (``cancelled``, not approved).
+        """
+        if not requests:
+            return later(0, lambda: on_done([]))
+        allowed = [self.allow_list.decide(r) for r in requests]
+        self._show_allowed(requests, allowed, show)
+        asked = [r for r, d in zip(requests, allowed, strict=True) if d is None]
+        if not asked:
+            return later(0, lambda: on_done([d for d in allowed if d is not None]))
+        cards, turn, countdown, group = self._turn(asked)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        state: dict[str, Any] = {"finished": False, "cancels": []}
+
+        def finish(outcome: str) -> None:
+            if state["finished"]:
+                return
+            state["finished"] = True
+            for cancel in state["cancels"]:
+                cancel()
+            if outcome == "timed out":
+                note = f"Nobody decided within {self.timeout:g} seconds."
+                for card in cards:
+                    self._settle(card, Decision.timed_out(note, by="card"), "card")
+            for control in group:
+                control.disabled = True
+            countdown.value = html.escape(_OUTCOMES[outcome])
+            self._show_record(cards, show)
+            answers = iter([c.decision for c in cards])
+            decisions = [d if d is not None else next(answers) for d in allowed]
+            on_done([d for d in decisions if d is not None])
+
+        def tick() -> None:
+            if state["finished"]:
+                return
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                finish("timed out")
+                return
+            countdown.value = _countdown_html(cards, left)
+            state["cancels"].append(later(1.0, tick))
+
+        def settled(card: _Card) -> None:
+            if all(c.decision is not None for c in cards):
+                # From the loop, not inside this click: "Approve all" and the "rest of this
+                # run" tick finish their work first.
+                state["cancels"].append(later(0, lambda: finish("decided")))
+
+        def cancel() -> None:
+            for card in cards:
+                self._settle(card, Decision.cancelled("The run was cancelled.", by="card"), "card")
+
+        for card in cards:
+            card.on_settled, card.deadline = settled, deadline
+        tick()
+        show(turn, raw=True)
+        return cancel
+
     @staticmethod
     def _show_allowed(
-        requests: Sequence[ApprovalRequest], allowed: Sequence[Decision | None]
+        requests: Sequence[ApprovalRequest], allowed: Sequence[Decision | None],
+        display: Callable[..., Any] | None = None,
     ) -> None:
         """One line per call approved by an earlier "rest of this run" tick (no card)."""
-        from IPython.display import display
+        if display is None:
+            from IPython.display import display as ipython_display
 
+            display = ipython_display
         for request, decision in zip(requests, allowed, strict=True):
             if decision is not None:
                 text = f"{request.action}: {decision.describe()}"

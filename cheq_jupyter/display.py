@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -76,9 +76,11 @@ def render_output(output: BaseModel) -> dict[str, str]:
 class NotebookEvents(AgentEvents):
     """Shows a status line, each tool's result and the final answer in the cell output."""
 
-    def __init__(self, *, approver_name: str) -> None:
+    def __init__(self, *, approver_name: str, show: Callable[..., Any] | None = None) -> None:
         self.approver_name = approver_name
         self._status: Any = None
+        #: ``display``-like: where the output goes (a no-wait run's own output area).
+        self._show = show or _display
 
     def _set_status(self, message: str) -> None:
         data = {
@@ -87,7 +89,7 @@ class NotebookEvents(AgentEvents):
             "text/plain": message,
         }
         if self._status is None:
-            self._status = _display(data, display_id=True)
+            self._status = self._show(data, display_id=True)
         else:
             self._status.update(data, raw=True)
 
@@ -119,16 +121,16 @@ class NotebookEvents(AgentEvents):
             if decision.decided_by == "card" or decision.decided_by.endswith("(card)"):
                 continue
             line = f"{request.action}: {decision.describe()}"
-            _display({"text/html": f"<div class='cheq-decision'>{html.escape(line)}</div>",
+            self._show({"text/html": f"<div class='cheq-decision'>{html.escape(line)}</div>",
                       "text/plain": line})
 
     def tool_result(self, record: ToolCallRecord) -> None:
-        _display(render_tool_result(record))
+        self._show(render_tool_result(record))
 
     def final(self, result: AgentResult[Any]) -> None:
         """Show the answer as Markdown (or the extracted object)."""
         if result.output is not None:
-            _display(render_output(result.output))
+            self._show(render_output(result.output))
             return
         text = result.text or "(the model gave no text answer)"
-        _display({"text/markdown": escape_markdown(text), "text/plain": text})
+        self._show({"text/markdown": escape_markdown(text), "text/plain": text})

@@ -11,6 +11,7 @@ The hierarchy::
     │   └── RemoteApproverError       the remote approver (Cheqpoint) answered with an error
     ├── ModelError                    the model's service answered with an error
     ├── StructuredOutputError         the model's structured output failed validation every time
+    ├── RunPendingError               a no-wait run's result was asked for before it finished
     └── AuditLogError                 the audit log is unreadable or its hash chain is broken
 
 Messages are one sentence that names what was wrong and what to do.  A user mistake inside
@@ -29,6 +30,7 @@ __all__ = [
     "FrontendUnavailableError",
     "ModelError",
     "RemoteApproverError",
+    "RunPendingError",
     "StructuredOutputError",
     "ToolArgumentsError",
     "ToolDefinitionError",
@@ -88,6 +90,10 @@ class StructuredOutputError(CheqJupyterError):
         super().__init__(message)
         #: ``(raw model content, validation error)`` for every attempt, in order.
         self.attempts = attempts
+
+
+class RunPendingError(CheqJupyterError):
+    """A no-wait run has not finished yet (its cards still wait for a decision)."""
 
 
 class AuditLogError(CheqJupyterError):

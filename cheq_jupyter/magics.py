@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Enum, Float, Int, Unicode
@@ -44,6 +45,11 @@ def _options(func: Any) -> Any:
         argument("--audit", metavar="PATH", help="Audit log file ('' to disable)."),
         argument("--continue", dest="continue_", metavar="VAR",
                  help="Carry on the conversation held in an earlier result."),
+        argument("--wait", action="store_true",
+                 help="Block the cell until the cards are decided (the card approver)."),
+        argument("--no-wait", dest="no_wait", action="store_true",
+                 help="End the cell once the cards show; the run goes on as you decide "
+                      "(for VS Code, Colab). Default: the wait setting (auto)."),
     ]
     for decorate in reversed(decorators):
         func = decorate(func)
@@ -66,6 +72,11 @@ class MistralAgentMagics(Magics):
     system = Unicode("", help="Default system prompt.").tag(config=True)
     audit_log = Unicode("cheq-audit.jsonl",
                         help="Where every decision is appended ('' to disable).").tag(config=True)
+    wait = Enum(["auto", "block", "no-wait", True, False], default_value="auto",
+                help="Whether the card blocks the cell: 'block' (True), 'no-wait' (False: the "
+                     "cell ends and the run goes on as you decide) or 'auto' (block where "
+                     "clicks reach a busy kernel, no-wait in VS Code, Colab and unknown "
+                     "kernels).").tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -80,7 +91,7 @@ class MistralAgentMagics(Magics):
 
     def _defaults(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in
-                ("model", "timeout", "max_steps", "approver", "system", "audit_log")}
+                ("model", "timeout", "max_steps", "approver", "system", "audit_log", "wait")}
 
     @_options
     @cell_magic
@@ -95,6 +106,9 @@ class MistralAgentMagics(Magics):
 
     @magic_arguments()
     @argument("-t", "--tools", metavar="NAMES", help="Show the tools these functions would be.")
+    @argument("--check", nargs="?", const=20.0, type=float, metavar="SECONDS",
+              help="Show a test card: does a click reach the kernel while a cell runs here? "
+                   "Then say which wait mode cells will use (default 20 seconds).")
     @line_magic("mistral_agent")  # type: ignore[arg-type]
     def mistral_agent_info(self, line: str) -> None:
         """Show the settings, the options and (with --tools) the tools a cell would offer."""
@@ -103,6 +117,13 @@ class MistralAgentMagics(Magics):
         from ._cell import resolve_tools, split_names
 
         args = parse_argstring(self.mistral_agent_info, line)
+        if args.check is not None:
+            from .selfcheck import run_check
+
+            if args.check <= 0:
+                raise UsageError(f"--check got {args.check:g}; give a number of seconds above 0.")
+            run_check(args.check, self.wait)
+            return
         tools = resolve_tools(split_names(args.tools), self._user_ns)
         settings = self._defaults()
         lines = ["%%mistral_agent settings (change with %config MistralAgentMagics.<name> = ...):"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import MutableMapping
 from typing import Any
@@ -69,16 +70,46 @@ def _recorder(plan: CellPlan) -> Any:
     return AuditLog(os.path.expanduser(plan.audit_log))
 
 
-def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[Any]:
-    """Run the agent for ``plan``, show its progress and answer, bind ``--out``."""
+def _card_of(approver: Approver) -> Any:
+    """The notebook card that answers for ``approver`` (behind a policy), if any."""
+    from .card import WidgetApprover
+
+    while isinstance(approver, Policy) and approver.ask is not None:
+        approver = approver.ask
+    return approver if isinstance(approver, WidgetApprover) else None
+
+
+def _show_mode(line: str, block: bool) -> None:
+    from IPython.display import display
+
+    color = "#555" if block else "#8a5300"
+    display({"text/html": f"<div class='cheq-mode' style='color:{color};font-size:0.9em'>"
+                          f"{html.escape(line)}</div>",
+             "text/plain": line}, raw=True)  # type: ignore[no-untyped-call]
+
+
+def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[Any] | None:
+    """Run the agent for ``plan``, show its progress and answer, bind ``--out``.
+
+    With the card, the wait mode is chosen first (:mod:`cheq_jupyter.waitmode`) and announced
+    in one line; in no-wait mode this returns ``None`` once the first cards show (``--out``
+    holds a :class:`~cheq_jupyter.nowait.PendingRun` until the run ends).
+    """
     from . import _sdk
     from .display import NotebookEvents
+    from .waitmode import choose_wait
 
     try:
         client = _sdk.client_from_env()
         approver, name = build_approver(plan)
+        choice = choose_wait(plan.wait) if _card_of(approver) is not None else None
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
+    if choice is not None:
+        _show_mode(choice.notice(plan.out), choice.block)
+        if not choice.block:
+            _run_no_wait(plan, user_ns, client, approver, name)
+            return None
     events = NotebookEvents(approver_name=name)
     result: AgentResult[Any] = run_agent(
         plan.prompt,
@@ -97,3 +128,26 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
     if plan.out:
         user_ns[plan.out] = result
     return result
+
+
+def _run_no_wait(
+    plan: CellPlan, user_ns: MutableMapping[str, Any], client: Any, approver: Approver,
+    name: str,
+) -> None:
+    from .display import NotebookEvents
+    from .nowait import start_run
+
+    start_run(
+        plan.prompt,
+        tools=plan.tools,
+        approver=approver,
+        client=client,
+        model=plan.model,
+        system=plan.system,
+        max_steps=plan.max_steps,
+        output_type=plan.output_type,
+        history=plan.history,
+        events_factory=lambda show: NotebookEvents(approver_name=name, show=show),
+        recorder=_recorder(plan),
+        bind=(user_ns, plan.out) if plan.out else None,
+    )

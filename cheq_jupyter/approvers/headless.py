@@ -97,7 +97,9 @@ def _kernel_parent() -> tuple[bool, Mapping[str, Any] | None]:
     if kernel is None:
         return False, None
     try:
-        parent = kernel.get_parent("shell")
+        get_parent = getattr(kernel, "get_parent", None)
+        # ipykernel 5 (Colab) keeps the request in _parent_header instead.
+        parent = get_parent("shell") if callable(get_parent) else kernel._parent_header
     except Exception:
         return True, None
     return True, parent if isinstance(parent, Mapping) and parent else None

@@ -35,6 +35,8 @@ from typing import Any, Literal, overload
 
 __all__ = ["Card", "Execution", "ExecutionResult", "KernelFrontend"]
 
+#: The interpreter kernels start with when none is given (the kernel matrix sets it).
+KERNEL_PYTHON_ENV = "CHEQ_JUPYTER_KERNEL_PYTHON"
 _MODEL_REF = "IPY_MODEL_"
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _TAGS = re.compile(r"<[^>]+>")
@@ -164,8 +166,12 @@ class Card:
 class KernelFrontend:
     """Start a kernel, run cells, follow widgets, click them (see the module doc).
 
-    ``python`` is the interpreter of the kernel (default: ``sys.executable``); ``env`` adds
-    environment variables for the kernel; ``cwd`` is its working directory.
+    ``python`` is the interpreter of the kernel (default: ``$CHEQ_JUPYTER_KERNEL_PYTHON``, else
+    ``sys.executable``); ``env`` adds
+    environment variables for the kernel; ``cwd`` is its working directory.  With
+    ``hold_comms=True`` it behaves like the frontends that do not deliver widget messages to a
+    busy kernel (VS Code, microsoft/vscode-jupyter#17360): every click and edit made while a
+    cell runs is held, and sent in order once no cell is running.
     """
 
     def __init__(
@@ -175,8 +181,12 @@ class KernelFrontend:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         startup_timeout: float = 60.0,
+        hold_comms: bool = False,
     ) -> None:
-        self.python = python or sys.executable
+        self.hold_comms = hold_comms
+        #: Widget messages held until the running cells finish (``hold_comms``).
+        self.held: list[dict[str, Any]] = []
+        self.python = python or os.environ.get(KERNEL_PYTHON_ENV) or sys.executable
         self.env = dict(env or {})
         self.cwd = cwd
         self.startup_timeout = startup_timeout
@@ -240,6 +250,23 @@ class KernelFrontend:
     def interrupt(self) -> None:
         """Interrupt the kernel, like the stop button."""
         self.km.interrupt_kernel()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Restart the kernel, like the restart button: every widget and held message is gone."""
+        self.km.restart_kernel(now=True)
+        self.kc.wait_for_ready(timeout=timeout)
+        self.widgets.clear()
+        self.displayed.clear()
+        self.held.clear()
+        for execution in self._executions.values():
+            execution.idle = True
+            if execution.reply is None:
+                execution.reply = {"status": "restarted"}
+
+    @property
+    def busy(self) -> bool:
+        """Whether a cell sent by this frontend has not finished."""
+        return any(not e.done for e in self._executions.values())
 
     # -- running cells -------------------------------------------------------------------------
     def execute_async(self, code: str, *, allow_stdin: bool = True) -> Execution:
@@ -334,8 +361,26 @@ class KernelFrontend:
         if model_id not in self.widgets:
             raise LookupError(f"No widget {model_id!r} is known to this frontend.")
         msg = self.kc.session.msg("comm_msg", {"comm_id": model_id, "data": data})
-        self.kc.shell_channel.send(msg)
+        if self.hold_comms and (self.busy or self.held):
+            self.held.append(msg)
+        else:
+            self.kc.shell_channel.send(msg)
         return str(msg["header"]["msg_id"])
+
+    def _release_held(self) -> None:
+        if self.held and not self.busy:
+            held, self.held = self.held, []
+            for msg in held:
+                self.kc.shell_channel.send(msg)
+
+    def outputs_in(self, model_id: str) -> list[dict[str, Any]]:
+        """The mime bundles shown by Output widgets at or below ``model_id``, in order."""
+        return [
+            dict(out.get("data", {}))
+            for m in self.descendants(model_id)
+            if self.widgets.get(m, {}).get("_model_name") == "OutputModel"
+            for out in self.widgets[m].get("outputs", ())
+        ]
 
     def click(self, model_id: str) -> str:
         """Click a button: the ``custom`` ``click`` event the browser sends."""
@@ -378,6 +423,7 @@ class KernelFrontend:
             while shell.msg_ready():
                 self._on_shell(shell.get_msg(timeout=0))
                 handled += 1
+        self._release_held()
         return handled
 
     def _on_shell(self, msg: dict[str, Any]) -> None:
