@@ -30,11 +30,10 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 from pydantic import BaseModel, ValidationError
 
 from . import _sdk
+from ._safe_text import redact
 from .approval import ApprovalRequest, Approver, Decision, decide_all
 from .errors import (
-    CheqJupyterError,
     ConfigurationError,
-    ModelError,
     StructuredOutputError,
     ToolArgumentsError,
     ToolDefinitionError,
@@ -284,7 +283,7 @@ def _decide(spec: _Spec, records: list[ToolCallRecord]) -> Generator[_Decide, An
         raise
     except Exception as exc:  # fail closed: an approver that breaks approves nothing
         log.warning("approver failed; treating %d call(s) as not approved: %s", len(pending), exc)
-        note = f"The approver failed ({type(exc).__name__}: {exc})."
+        note = redact(f"The approver failed ({type(exc).__name__}: {exc}).")
         decisions = [Decision.cancelled(note, by=_approver_name(spec.approver)) for _ in pending]
     elapsed = time.monotonic() - started
     for record, decision in zip(pending, decisions, strict=True):
@@ -504,15 +503,6 @@ def _build_spec(
     )
 
 
-def _model_error(exc: Exception) -> CheqJupyterError:
-    if getattr(exc, "status_code", None) is not None:
-        return _sdk.to_model_error(exc)
-    return ModelError(
-        f"Could not reach the Mistral API ({type(exc).__name__}: {exc}); check your network "
-        f"or {_sdk.SERVER_URL_VAR}."
-    )
-
-
 class _Run:
     """Drives :func:`_agent_steps`: hands out its requests and takes the answers back."""
 
@@ -570,6 +560,7 @@ def run_agent(
     events: AgentEvents | None = None,
     recorder: DecisionRecorder | None = None,
     output_retries: int = 2,
+    request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
 ) -> AgentResult[OutputT]:
     """Run the model with ``tools``, asking ``approver`` before every tool call.
 
@@ -577,8 +568,10 @@ def run_agent(
     two-phase structured extraction into ``result.output``; ``history`` continues an earlier
     conversation (``previous.messages``); ``recorder`` (an :class:`~cheq_jupyter.audit.AuditLog`)
     records every decision before any tool runs.  Without ``client`` one is built from
-    ``MISTRAL_API_KEY`` and ``MISTRAL_SERVER_URL``.
+    ``MISTRAL_API_KEY`` and ``MISTRAL_SERVER_URL``.  ``request_timeout`` bounds every model
+    request (seconds); a request that takes longer raises :class:`ModelError`.
     """
+    timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries)
     for t in spec.tools.values():
@@ -591,11 +584,7 @@ def run_agent(
     try:
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
-                try:
-                    response = client.chat.complete(**op.kwargs)
-                except Exception as exc:
-                    raise _model_error(exc) from None
-                run.model_answered(response)
+                run.model_answered(_sdk.chat_complete(client, op.kwargs, timeout))
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:
@@ -622,11 +611,13 @@ async def arun_agent(
     events: AgentEvents | None = None,
     recorder: DecisionRecorder | None = None,
     output_retries: int = 2,
+    request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
 ) -> AgentResult[OutputT]:
     """The async twin of :func:`run_agent` (model requests and async tools are awaited).
 
     The approver is still called synchronously: a human decision blocks the run by design.
     """
+    timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries)
     client = client if client is not None else _sdk.client_from_env()
@@ -634,11 +625,7 @@ async def arun_agent(
     try:
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
-                try:
-                    response = await client.chat.complete_async(**op.kwargs)
-                except Exception as exc:
-                    raise _model_error(exc) from None
-                run.model_answered(response)
+                run.model_answered(await _sdk.chat_complete_async(client, op.kwargs, timeout))
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:

@@ -92,6 +92,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         history=plan.history,
         events=events,
         recorder=_recorder(plan),
+        request_timeout=plan.request_timeout,
     )
     events.final(result)
     if plan.out:
