@@ -109,6 +109,9 @@ _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 # written `JavaScript\:` (a Markdown escape).  Entities were already made inert by escaping `&`.
 _BAD_SCHEME = re.compile(r"(?i)(?<![a-z0-9+.\-])(javascript|vbscript|data)(?=\\?:)")
 # `![` starts an image (unless the `!` is backslash-escaped): it would load by itself.
+# Code whose characters mean nothing to Markdown or HTML stays a Markdown code span as written.
+_INERT = re.compile(r"[^<>&!\[\]():\\`|]*")
+_ENTITY_LIKE = re.compile(r"&amp;(?=[#A-Za-z])")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!(?=\[)")
 
@@ -140,7 +143,8 @@ def _prose(text: str) -> str:
             i = j
             continue
         out.append(_plain_prose(text[start:i]))
-        out.append(_code_span(text[j:close]))
+        content = text[j:close]
+        out.append(text[i:close + run] if _INERT.fullmatch(content) else _code_span(content))
         i = start = close + run
     out.append(_plain_prose(text[start:]))
     return "".join(out)
@@ -174,7 +178,11 @@ def _code_span(content: str) -> str:
 
 
 def _plain_prose(text: str) -> str:
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("&", "&amp;")
+    # `&#106;` must stay text even in a renderer that decodes link destinations twice
+    # (mistune does): a zero-width space after the `&` means no entity can start there.
+    text = _ENTITY_LIKE.sub("&amp;\u200b", text)
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
     text = _IMAGE.sub(lambda m: f"{m.group(1)}&#33;", text)
     # A zero-width space after the scheme name: the browser no longer sees a scheme, the
     # reader sees the same word.

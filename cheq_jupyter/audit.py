@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._safe_text import safe_text
 from .approval import ApprovalRequest, Decision
 from .errors import AuditLogError, ConfigurationError
 
@@ -502,7 +503,7 @@ class AuditTable:
         value = getattr(record, name)
         if isinstance(value, dict):
             value = canonical_json(value)
-        return "" if value is None else str(value)
+        return "" if value is None else safe_text(value)
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)

@@ -24,7 +24,6 @@ Approve approves the edited arguments), ``cheq-note``, ``cheq-status``, and for 
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import threading
@@ -33,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _blocking
+from . import _safe_text as html  # html.escape that also neutralises controls, bidi and keys
 from .approval import ApprovalRequest, Decision
 from .approvers.allowlist import RunAllowList
 
