@@ -333,3 +333,54 @@ def test_a_failing_approver_that_names_the_key_does_not_leak_it(
     for surface in surfaces:
         assert key not in surface, surface
     assert "[redacted]" in caplog.text
+
+
+# -- the magic: --request-timeout and MistralAgentMagics.request_timeout -----------------------
+
+
+@pytest.fixture
+def shell(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[Any]:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHEQ_JUPYTER_APPROVER", "policy")
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-test-not-a-real-key")
+    sh = InteractiveShell()
+    sh.run_line_magic("load_ext", "cheq_jupyter")
+    yield sh
+    InteractiveShell.clear_instance()
+
+
+@pytest.mark.parametrize(
+    ("config", "line", "expected"),
+    [
+        (None, "--request-timeout 1", "within 1 s"),
+        ("1.5", "", "within 1.5 s"),
+        ("600", "--request-timeout 0.5", "within 0.5 s"),
+    ],
+)
+def test_the_magic_bounds_model_requests(
+    shell: Any, monkeypatch: pytest.MonkeyPatch, config: str | None, line: str, expected: str
+) -> None:
+    if config is not None:
+        shell.run_line_magic("config", f"MistralAgentMagics.request_timeout = {config}")
+    with stalling_endpoint() as url:
+        monkeypatch.setenv("MISTRAL_SERVER_URL", url)
+        box: list[Any] = []
+        _run_bounded(
+            lambda: box.append(shell.run_cell(f"%%mistral_agent {line}\nhi")), 2 + PROMPT_FAILURE
+        )
+    error = box[0].error_in_exec
+    assert isinstance(error, ModelError) and expected in str(error), error
+    assert "--request-timeout" in str(error)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf", "soon"])
+def test_a_bad_request_timeout_option_is_a_usage_error(shell: Any, value: str) -> None:
+    from IPython.core.error import UsageError
+
+    result = shell.run_cell(f"%%mistral_agent --request-timeout {value}\nhi")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "request-timeout" in str(result.error_in_exec) or "invalid float" in str(
+        result.error_in_exec
+    )
