@@ -321,14 +321,15 @@ def _build(
 
 
 @contextlib.contextmanager
-def _file_lock(fd: int) -> Iterator[None]:
-    """An exclusive lock between processes appending to the same log (POSIX; no-op elsewhere)."""
+def _file_lock(fd: int, *, shared: bool = False) -> Iterator[None]:
+    """An exclusive lock between processes appending to the same log (POSIX; no-op elsewhere);
+    ``shared`` for readers."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
     try:
         yield
     finally:
@@ -435,7 +436,8 @@ class AuditLog:
         # Someone else wrote (or cut) the log since we last did: it must still reach its head,
         # or appending would hide that records were removed.
         assert self._key is not None
-        _check_reaches_head(self.path, tail[2], lambda n: _line_hash(data, n), self._key)
+        _check_reaches_head(self.path, tail[2], lambda n: _line_hash(data, n), self._key,
+                            _read_head(self.path))
         return tail
 
     def _tail_of(self, data: bytes) -> tuple[int, str, int]:
@@ -526,12 +528,12 @@ def _line_hash(data: bytes, number: int) -> str:
 
 
 def _check_reaches_head(
-    path: Path, records: int, hash_at: Callable[[int], str], key: bytes
+    path: Path, records: int, hash_at: Callable[[int], str], key: bytes, head: _Head | None
 ) -> None:
     """Raise unless the log (``records`` long; ``hash_at(n)`` is record n's hash) reaches its
-    head.  A log longer than its head is accepted (a crash between the record's fsync and the
-    head's rename); the records past the head still need their MACs."""
-    head = _read_head(path)
+    ``head`` (read with the log, under its lock).  A log longer than its head is accepted (a
+    crash between the record's fsync and the head's write); the records past the head still
+    need their MACs."""
     if head is None:
         if records == 0:
             return
@@ -588,15 +590,21 @@ def _fsync_dir(directory: Path) -> None:
 # -- reading and checking --------------------------------------------------------------------
 
 
-def _parse(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _snapshot(path: Path) -> tuple[bytes, _Head | None]:
+    """The log's bytes and its head, read together under a shared lock (a writer appending
+    at the same moment cannot make them disagree)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f, _file_lock(f.fileno(), shared=True):
+            return f.read(), _read_head(path)
     except FileNotFoundError:
         raise AuditLogError(
             f"There is no audit log at {path}; pass the path of an existing cheq-audit.jsonl."
         ) from None
     except OSError as exc:
         raise AuditLogError(f"Cannot read the audit log {path} ({exc.strerror or exc}).") from exc
+
+
+def _parse(path: Path, data: bytes) -> list[tuple[int, dict[str, Any]]]:
     out: list[tuple[int, dict[str, Any]]] = []
     raw_lines = data.split(b"\n")
     complete = raw_lines[:-1]  # text after the last newline is a torn record (or nothing)
@@ -688,14 +696,14 @@ def _check_authentic(
 
 def _verified(
     where: Path, parsed: list[tuple[int, dict[str, Any]]], head: str | None,
-    key: bytes | str | None,
+    key: bytes | str | None, kept_head: _Head | None,
 ) -> None:
     """Chain, then MACs, then the head beside the log (then ``head``, if given)."""
     _check_chain(where, parsed, None)
     audit_key = _audit_key(key)
     _check_authentic(where, parsed, audit_key)
     hashes = [str(value["hash"]) for _, value in parsed]
-    _check_reaches_head(where, len(parsed), lambda n: hashes[n - 1], audit_key)
+    _check_reaches_head(where, len(parsed), lambda n: hashes[n - 1], audit_key, kept_head)
     if head is not None:
         _check_chain(where, parsed, head)
 
@@ -746,9 +754,10 @@ def load(
     still raise).
     """
     where = Path(path).expanduser() if path is not None else default_path()
-    parsed = _parse(where)
+    data, kept_head = _snapshot(where)
+    parsed = _parse(where, data)
     if verify:
-        _verified(where, parsed, None, key)
+        _verified(where, parsed, None, key, kept_head)
     return [AuditRecord._from_json(value, number) for number, value in parsed]
 
 
@@ -767,8 +776,9 @@ def verify(
     that the log still ends there.
     """
     where = Path(path).expanduser() if path is not None else default_path()
-    parsed = _parse(where)
-    _verified(where, parsed, head, key)
+    data, kept_head = _snapshot(where)
+    parsed = _parse(where, data)
+    _verified(where, parsed, head, key, kept_head)
     return len(parsed)
 
 

@@ -437,3 +437,4 @@ def test_a_head_that_lags_after_a_crash_is_accepted(tmp_path: Path) -> None:
     assert verify(log.path) == 4
     log.record(request(8, 10), Decision.approve(by="card"))  # and appending goes on
     assert verify(log.path) == 5
+
