@@ -23,7 +23,15 @@ import re
 import threading
 from typing import Any
 
-__all__ = ["RedactingFilter", "escape", "redact", "register_secret", "safe_markdown", "safe_text"]
+__all__ = [
+    "RedactingFilter",
+    "escape",
+    "json_text",
+    "redact",
+    "register_secret",
+    "safe_markdown",
+    "safe_text",
+]
 
 #: Environment variables whose values are secrets.
 SECRET_VARS = ("MISTRAL_API_KEY", "CQ_API_KEY")
@@ -91,6 +99,15 @@ def safe_text(text: Any) -> str:
     out = redact(str(text))
     out = out.replace("\r\n", "\n")
     return _UNSAFE.sub(_visible, out)
+
+
+def json_text(text: str) -> str:
+    """JSON text (from ``json.dumps``) with unsafe characters written as ``\\uXXXX`` escapes.
+
+    It still parses to the same value, but an editor or a terminal shows the escape instead of
+    acting on the character (unsafe characters can only occur inside JSON strings).
+    """
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def escape(text: Any, quote: bool = True) -> str:

@@ -100,7 +100,7 @@ class AgentResult(Generic[OutputT]):
 
     def __repr__(self) -> str:
         ran = sum(1 for c in self.tool_calls if c.ran)
-        shown = repr(self.output if self.output is not None else self.text)
+        shown = redact(repr(self.output if self.output is not None else self.text))
         if len(shown) > 80:
             shown = shown[:77] + "..."
         return (

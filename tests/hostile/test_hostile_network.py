@@ -384,3 +384,21 @@ def test_a_bad_request_timeout_option_is_a_usage_error(shell: Any, value: str) -
     assert "request-timeout" in str(result.error_in_exec) or "invalid float" in str(
         result.error_in_exec
     )
+
+
+def test_the_console_and_the_result_repr_do_not_show_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from cheq_jupyter.agent import AgentResult
+    from cheq_jupyter.approvers.console import ConsoleApprover
+
+    key = "sk-console-leak-0123456789"
+    monkeypatch.setenv("MISTRAL_API_KEY", key)
+    out = io.StringIO()
+    approver = ConsoleApprover(stdin=io.StringIO("r\n\n"), stdout=out)
+    approver(ApprovalRequest(action="send", summary=f"send {key}", details={"token": key},
+                             tool_call_id="abcdefghi"))
+    assert key not in out.getvalue() and "[redacted]" in out.getvalue()
+    assert key not in repr(AgentResult(f"the key is {key}", [], [], 1, "m", "r", "answer"))

@@ -356,3 +356,19 @@ def test_a_bidi_override_is_shown_as_what_it_is() -> None:
     """The reviewer sees that something is hidden there, not a reordered amount."""
     shown = render_tool_result(_record("refund(amount=1\u202e0001)"))
     assert "\\u202e" in shown["text/plain"] and "\\u202e" in shown["text/html"]
+
+
+@pytest.mark.parametrize("payload", CONTROLS)
+def test_the_card_edit_box_shows_escapes_that_parse_back_to_the_same_arguments(
+    payload: str,
+) -> None:
+    """The JSON the reviewer edits shows ``\\u202e`` instead of reordering the text, and
+    approving it unchanged still means exactly the model's arguments."""
+    import json
+
+    details = {"q": payload, payload: [payload]}
+    request = ApprovalRequest(action="lookup", summary="s", details=details,
+                              tool_call_id="abcdefghi")
+    shown = request.arguments_json()
+    _clean("card edit box", shown)
+    assert json.loads(shown) == details
