@@ -61,6 +61,19 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 
+def _redact_log_records() -> None:
+    """No log line of the package shows an API key (or a terminal control sequence)."""
+    import logging
+
+    from ._safe_text import RedactingFilter
+
+    for name in ("cheq_jupyter", "cheq_jupyter.card", "cheq_jupyter._blocking"):
+        logging.getLogger(name).addFilter(RedactingFilter())
+
+
+_redact_log_records()
+
+
 def load_ipython_extension(ipython: InteractiveShell) -> None:
     """``%load_ext cheq_jupyter``: register ``%%mistral_agent`` (the SDK loads on first use)."""
     from .magics import MistralAgentMagics

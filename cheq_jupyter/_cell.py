@@ -39,6 +39,7 @@ class CellPlan:
     audit_log: str = ""
     #: ``auto``, ``block`` or ``no-wait`` (see :mod:`cheq_jupyter.waitmode`).
     wait: str = "auto"
+    request_timeout: float = 300.0
 
 
 class _Namespace(Mapping[str, Any]):
@@ -145,6 +146,13 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
     timeout = args.timeout if args.timeout is not None else defaults["timeout"]
     if timeout <= 0:
         raise UsageError(f"--timeout is {timeout}; give a positive number of seconds.")
+    request_timeout = args.request_timeout
+    if request_timeout is None:
+        request_timeout = defaults.get("request_timeout", 300.0)
+    if not request_timeout > 0 or request_timeout == float("inf"):
+        raise UsageError(
+            f"--request-timeout is {request_timeout}; give a positive number of seconds."
+        )
     tools = resolve_tools(split_names(args.tools), ns)
     approve, deny = split_names(args.approve), split_names(args.deny)
     for option, names in (("--approve", approve), ("--deny", deny)):
@@ -173,6 +181,7 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
         history=resolve_history(args.continue_, ns),
         audit_log=args.audit if args.audit is not None else defaults.get("audit_log", ""),
         wait=wait,
+        request_timeout=float(request_timeout),
     )
 
 

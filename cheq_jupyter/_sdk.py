@@ -7,14 +7,29 @@ Works with mistralai 1.x (``from mistralai import Mistral``) and 2.x/3.x
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import math
 import os
 from typing import Any
 
+from ._safe_text import register_secret
 from .errors import ConfigurationError, ModelError
 
-__all__ = ["client_from_env", "message_to_dict", "mistral_class", "retry_config", "to_model_error"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "chat_complete",
+    "chat_complete_async",
+    "check_request_timeout",
+    "client_from_env",
+    "message_to_dict",
+    "mistral_class",
+    "model_error",
+    "request_options",
+    "retry_config",
+    "to_model_error",
+]
 
 API_KEY_VAR = "MISTRAL_API_KEY"
 SERVER_URL_VAR = "MISTRAL_SERVER_URL"
@@ -47,12 +62,21 @@ def _sdk_attr(modules: tuple[str, ...], name: str) -> Any:
     )
 
 
+#: Seconds a model request may take before it fails (slow reasoning models need minutes).
+DEFAULT_REQUEST_TIMEOUT = 300.0
+
+
 def retry_config(max_elapsed_ms: int = 30_000) -> Any:
-    """A retry policy for 429 and 5xx answers (the SDK retries only when given one)."""
+    """A retry policy for 429 and 5xx answers (the SDK retries only when given one).
+
+    Connection errors and time-outs are not retried: a refused connection fails at once with
+    a clear message instead of after half a minute of silent retries, and a request that
+    timed out is not silently sent again.
+    """
     utils = ("mistralai.client.utils", "mistralai.utils")
     retry, backoff = _sdk_attr(utils, "RetryConfig"), _sdk_attr(utils, "BackoffStrategy")
     return retry(
-        "backoff", backoff(500, 8_000, 1.8, max_elapsed_ms), retry_connection_errors=True
+        "backoff", backoff(500, 8_000, 1.8, max_elapsed_ms), retry_connection_errors=False
     )
 
 
@@ -61,6 +85,11 @@ def client_from_env() -> Any:
     key = os.environ.get(API_KEY_VAR, "").strip()
     if not key:
         raise ConfigurationError(MISSING_KEY)
+    if any(c.isspace() or ord(c) < 32 for c in key):
+        raise ConfigurationError(
+            f"{API_KEY_VAR} has a space or a line break inside it, so it cannot be sent in a "
+            "header; set it to the key alone (copy it again from the console)."
+        )
     server_url = os.environ.get(SERVER_URL_VAR, "").strip() or None
     return mistral_class()(api_key=key, server_url=server_url, retry_config=retry_config())
 
@@ -112,6 +141,83 @@ def message_to_dict(response: Any) -> tuple[dict[str, Any], str | None]:
         out["tool_calls"] = calls
     finish = getattr(choice, "finish_reason", None)
     return out, (str(getattr(finish, "value", finish)) if finish is not None else None)
+
+
+def check_request_timeout(value: Any, name: str = "request_timeout") -> float:
+    """``value`` as seconds, or a :class:`ConfigurationError` if it is not a positive number."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigurationError(
+            f"{name} is {value!r}; give a positive number of seconds (default "
+            f"{DEFAULT_REQUEST_TIMEOUT:g})."
+        )
+    return seconds
+
+
+def request_options(client: Any, timeout: float) -> dict[str, Any]:
+    """Keyword arguments every SDK chat call gets: the time limit (both SDK majors)."""
+    security = getattr(getattr(client, "sdk_configuration", None), "security", None)
+    register_secret(getattr(security, "api_key", None) if security is not None else None)
+    return {"timeout_ms": max(1, int(timeout * 1000))}
+
+
+def chat_complete(client: Any, kwargs: dict[str, Any], timeout: float) -> Any:
+    """One chat completion, bounded by ``timeout`` seconds; errors become :class:`ModelError`."""
+    try:
+        return client.chat.complete(**kwargs, **request_options(client, timeout))
+    except Exception as exc:
+        raise model_error(exc, timeout) from None
+
+
+async def chat_complete_async(client: Any, kwargs: dict[str, Any], timeout: float) -> Any:
+    """The async twin of :func:`chat_complete` (the whole request is bounded, too)."""
+    try:
+        return await asyncio.wait_for(
+            client.chat.complete_async(**kwargs, **request_options(client, timeout)),
+            timeout + 1.0,  # the SDK's own limit fires first; this bounds a trickling answer
+        )
+    except Exception as exc:
+        raise model_error(exc, timeout) from None
+
+
+def _type_names(exc: BaseException) -> set[str]:
+    return {t.__name__ for t in type(exc).__mro__}
+
+
+def model_error(exc: Exception, timeout: float | None = None) -> ModelError:
+    """Any failure of a model request as a :class:`ModelError` that says what to do."""
+    if getattr(exc, "status_code", None) is not None:
+        return to_model_error(exc)
+    names = _type_names(exc)
+    limit = f"{timeout:g} s" if timeout is not None else "the time limit"
+    if "ConnectTimeout" in names:
+        return ModelError(
+            f"Could not connect to the Mistral API within {limit}; check your network or "
+            f"{SERVER_URL_VAR}."
+        )
+    if names & {"TimeoutException", "TimeoutError"}:
+        return ModelError(
+            f"The Mistral API did not answer within {limit} (request timed out); run the cell "
+            "again, or give slow models more time with request_timeout= (run_agent), "
+            "--request-timeout SECONDS (%%mistral_agent) or "
+            "%config MistralAgentMagics.request_timeout."
+        )
+    if "ConnectError" in names:
+        return ModelError(
+            f"Could not connect to the Mistral API ({_first_line(exc)}); check that "
+            f"{SERVER_URL_VAR} (if set) points at a running server, and your network."
+        )
+    return ModelError(
+        f"Could not reach the Mistral API ({type(exc).__name__}: {_first_line(exc)}); check "
+        f"your network or {SERVER_URL_VAR}."
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def to_model_error(exc: Exception) -> ModelError:

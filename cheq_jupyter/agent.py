@@ -30,6 +30,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 from pydantic import BaseModel, ValidationError
 
 from . import _history, _sdk
+from ._safe_text import redact
 from ._strictjson import json_copy, same_json
 from .approval import (
     ApprovalRequest,
@@ -40,9 +41,7 @@ from .approval import (
     decide_all,
 )
 from .errors import (
-    CheqJupyterError,
     ConfigurationError,
-    ModelError,
     StructuredOutputError,
     ToolArgumentsError,
     ToolDefinitionError,
@@ -109,7 +108,7 @@ class AgentResult(Generic[OutputT]):
 
     def __repr__(self) -> str:
         ran = sum(1 for c in self.tool_calls if c.ran)
-        shown = repr(self.output if self.output is not None else self.text)
+        shown = redact(repr(self.output if self.output is not None else self.text))
         if len(shown) > 80:
             shown = shown[:77] + "..."
         return (
@@ -339,7 +338,7 @@ def _decide(spec: _Spec, records: list[ToolCallRecord]) -> Generator[_Decide, An
         raise
     except Exception as exc:  # fail closed: an approver that breaks approves nothing
         log.warning("approver failed; treating %d call(s) as not approved: %s", len(pending), exc)
-        note = f"The approver failed ({type(exc).__name__}: {exc})."
+        note = redact(f"The approver failed ({type(exc).__name__}: {exc}).")
         decisions = [Decision.cancelled(note, by=by) for _ in pending]
     elapsed = time.monotonic() - started
     decisions = [_bind_edit(spec, r, d) for r, d in zip(pending, decisions, strict=True)]
@@ -581,21 +580,9 @@ def _build_spec(
     )
 
 
-def _model_error(exc: Exception) -> CheqJupyterError:
-    if getattr(exc, "status_code", None) is not None:
-        return _sdk.to_model_error(exc)
-    return ModelError(
-        f"Could not reach the Mistral API ({type(exc).__name__}: {exc}); check your network "
-        f"or {_sdk.SERVER_URL_VAR}."
-    )
-
-
-def _complete(client: Any, kwargs: dict[str, Any]) -> Any:
+def _complete(client: Any, kwargs: dict[str, Any], timeout: float) -> Any:
     """The one synchronous model request of every driver (blocking and no-wait)."""
-    try:
-        return client.chat.complete(**kwargs)
-    except Exception as exc:
-        raise _model_error(exc) from None
+    return _sdk.chat_complete(client, kwargs, timeout)
 
 
 def _invoke(run: _Run, op: _Invoke) -> None:
@@ -663,6 +650,7 @@ def run_agent(
     events: AgentEvents | None = None,
     recorder: DecisionRecorder | None = None,
     output_retries: int = 2,
+    request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
 ) -> AgentResult[OutputT]:
     """Run the model with ``tools``, asking ``approver`` before every tool call.
 
@@ -670,8 +658,10 @@ def run_agent(
     two-phase structured extraction into ``result.output``; ``history`` continues an earlier
     conversation (``previous.messages``); ``recorder`` (an :class:`~cheq_jupyter.audit.AuditLog`)
     records every decision before any tool runs.  Without ``client`` one is built from
-    ``MISTRAL_API_KEY`` and ``MISTRAL_SERVER_URL``.
+    ``MISTRAL_API_KEY`` and ``MISTRAL_SERVER_URL``.  ``request_timeout`` bounds every model
+    request (seconds); a request that takes longer raises :class:`ModelError`.
     """
+    timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries)
     for t in spec.tools.values():
@@ -684,7 +674,7 @@ def run_agent(
     try:
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
-                run.model_answered(_complete(client, op.kwargs))
+                run.model_answered(_complete(client, op.kwargs, timeout))
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:
@@ -708,11 +698,13 @@ async def arun_agent(
     events: AgentEvents | None = None,
     recorder: DecisionRecorder | None = None,
     output_retries: int = 2,
+    request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
 ) -> AgentResult[OutputT]:
     """The async twin of :func:`run_agent` (model requests and async tools are awaited).
 
     The approver is still called synchronously: a human decision blocks the run by design.
     """
+    timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries)
     client = client if client is not None else _sdk.client_from_env()
@@ -720,11 +712,7 @@ async def arun_agent(
     try:
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
-                try:
-                    response = await client.chat.complete_async(**op.kwargs)
-                except Exception as exc:
-                    raise _model_error(exc) from None
-                run.model_answered(response)
+                run.model_answered(await _sdk.chat_complete_async(client, op.kwargs, timeout))
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:

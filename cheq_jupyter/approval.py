@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from ._safe_text import json_text
+
 __all__ = [
     "ApprovalRequest",
     "Approver",
@@ -82,8 +84,8 @@ class ApprovalRequest:
         return {"action": self.action, "summary": self.summary, "details": dict(self.details)}
 
     def arguments_json(self) -> str:
-        """The arguments as indented JSON, for display."""
-        return json.dumps(self.details, indent=2, ensure_ascii=False, sort_keys=False)
+        """The arguments as indented JSON, for display (unsafe characters as ``\\u`` escapes)."""
+        return json_text(json.dumps(self.details, indent=2, ensure_ascii=False, sort_keys=False))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ Approve approves the edited arguments), ``cheq-note``, ``cheq-status``, and for 
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import threading
@@ -36,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _blocking
+from . import _safe_text as html  # html.escape that also neutralises controls, bidi and keys
 from ._strictjson import same_json, strict_json
 from .approval import ApprovalRequest, Decision
 from .approvers.allowlist import RunAllowList

@@ -1,19 +1,21 @@
 """What a ``%%mistral_agent`` cell shows while it runs, and after.
 
 Every piece is an IPython display with a ``text/plain`` twin (terminal IPython and saved
-notebooks read well too).  Model-controlled text is escaped everywhere it meets HTML or
-Markdown.
+notebooks read well too).  Model-controlled text goes through :mod:`cheq_jupyter._safe_text`
+on every surface: escaped where it meets HTML or Markdown, with terminal control sequences,
+bidi overrides and API keys neutralised everywhere (``text/plain`` too).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
+from . import _safe_text
+from ._safe_text import escape, safe_text
 from .agent import AgentEvents, AgentResult, Message, Phase, ToolCallRecord
 from .approval import ApprovalRequest, Decision
 
@@ -31,8 +33,12 @@ def _display(data: dict[str, str], **kwargs: Any) -> Any:
 
 
 def escape_markdown(text: str) -> str:
-    """Neutralise raw HTML inside model-written Markdown while keeping its formatting."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Model-written Markdown made safe to render, keeping its formatting.
+
+    No raw HTML, no ``javascript:``/``vbscript:``/``data:`` link, no image that loads by
+    itself (it becomes a link), code shown as written (see :func:`_safe_text.safe_markdown`).
+    """
+    return _safe_text.safe_markdown(text)
 
 
 def render_tool_result(record: ToolCallRecord) -> dict[str, str]:
@@ -41,17 +47,18 @@ def render_tool_result(record: ToolCallRecord) -> dict[str, str]:
     label = {"ran": "ran", "failed": "raised an error", "not_approved": "did not run",
              "invalid": "refused (bad call)"}[record.status]
     head = f"{icon} {record.name} {label}"
-    result = record.result
-    body = html.escape(result)
+    result = safe_text(record.result)
+    head = safe_text(head)
+    body = escape(result)
     if len(result) > COLLAPSE_AFTER:
         block = (
-            f"<details><summary>{html.escape(head)} — {len(result)} characters "
+            f"<details><summary>{escape(head)} — {len(result)} characters "
             f"(click to expand)</summary><pre style='white-space:pre-wrap'>{body}</pre>"
             "</details>"
         )
     else:
         block = (
-            f"<div><b>{html.escape(head)}</b><pre style='white-space:pre-wrap;margin:2px 0'>"
+            f"<div><b>{escape(head)}</b><pre style='white-space:pre-wrap;margin:2px 0'>"
             f"{body}</pre></div>"
         )
     plain = f"{head}: {result if len(result) <= COLLAPSE_AFTER else result[:COLLAPSE_AFTER] + '…'}"
@@ -62,14 +69,14 @@ def render_output(output: BaseModel) -> dict[str, str]:
     """An extracted pydantic object as a readable field table."""
     data = output.model_dump(mode="json")
     rows = "".join(
-        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
-        f"<td><code>{html.escape(json.dumps(v, ensure_ascii=False))}</code></td></tr>"
+        f"<tr><th style='text-align:left;padding-right:1em'>{escape(str(k))}</th>"
+        f"<td><code>{escape(json.dumps(v, ensure_ascii=False))}</code></td></tr>"
         for k, v in data.items()
     )
-    title = html.escape(type(output).__name__)
+    title = escape(type(output).__name__)
     return {
         "text/html": f"<div class='cheq-output'><b>{title}</b><table>{rows}</table></div>",
-        "text/plain": repr(output),
+        "text/plain": safe_text(repr(output)),
     }
 
 
@@ -83,9 +90,10 @@ class NotebookEvents(AgentEvents):
         self._show = show or _display
 
     def _set_status(self, message: str) -> None:
+        message = safe_text(message)
         data = {
             "text/html": f"<div class='cheq-run-status' style='{_STATUS_STYLE}'>"
-                         f"{html.escape(message)}</div>",
+                         f"{escape(message)}</div>",
             "text/plain": message,
         }
         if self._status is None:
@@ -120,8 +128,8 @@ class NotebookEvents(AgentEvents):
         for request, decision in zip(requests, decisions, strict=True):
             if decision.decided_by == "card" or decision.decided_by.endswith("(card)"):
                 continue
-            line = f"{request.action}: {decision.describe()}"
-            self._show({"text/html": f"<div class='cheq-decision'>{html.escape(line)}</div>",
+            line = safe_text(f"{request.action}: {decision.describe()}")
+            self._show({"text/html": f"<div class='cheq-decision'>{escape(line)}</div>",
                       "text/plain": line})
 
     def tool_result(self, record: ToolCallRecord) -> None:
@@ -133,4 +141,4 @@ class NotebookEvents(AgentEvents):
             self._show(render_output(result.output))
             return
         text = result.text or "(the model gave no text answer)"
-        self._show({"text/markdown": escape_markdown(text), "text/plain": text})
+        self._show({"text/markdown": escape_markdown(text), "text/plain": safe_text(text)})

@@ -14,13 +14,17 @@ The hierarchy::
     ├── RunPendingError               a no-wait run's result was asked for before it finished
     └── AuditLogError                 the audit log is unreadable or its hash chain is broken
 
-Messages are one sentence that names what was wrong and what to do.  A user mistake inside
+Messages are one sentence that names what was wrong and what to do.  API keys are scrubbed
+from every message (and from ``ModelError.body``) when the error is made, so a server that
+echoes the key cannot put it in a traceback.  A user mistake inside
 the ``%%mistral_agent`` magic is re-raised as IPython's ``UsageError`` (no traceback).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ._safe_text import redact_value
 
 __all__ = [
     "ApprovalError",
@@ -39,6 +43,9 @@ __all__ = [
 
 class CheqJupyterError(Exception):
     """Base class of every error raised by cheq-jupyter."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact_value(a) for a in args))
 
 
 class ConfigurationError(CheqJupyterError):
@@ -80,7 +87,7 @@ class ModelError(CheqJupyterError):
     def __init__(self, message: str, *, status_code: int | None = None, body: Any = None) -> None:
         super().__init__(message)
         self.status_code = status_code
-        self.body = body
+        self.body = redact_value(body)
 
 
 class StructuredOutputError(CheqJupyterError):

@@ -36,6 +36,8 @@ def _options(func: Any) -> Any:
         argument("--max-steps", type=int, metavar="N", help="Most tool-calling turns."),
         argument("--timeout", type=float, metavar="SECONDS",
                  help="How long a decision may take; then the call is not approved."),
+        argument("--request-timeout", type=float, metavar="SECONDS",
+                 help="How long one model request may take before the cell stops with an error."),
         argument("--on-timeout", choices=("reject", "approve"), default="reject",
                  help="What a timeout means: always reject (fail closed)."),
         argument("--approve", metavar="NAMES", help="Tools that run without asking."),
@@ -70,6 +72,9 @@ class MistralAgentMagics(Magics):
         config=True
     )
     system = Unicode("", help="Default system prompt.").tag(config=True)
+    request_timeout = Float(
+        300.0, help="Seconds one model request may take (slow reasoning models need minutes)."
+    ).tag(config=True)
     audit_log = Unicode("cheq-audit.jsonl",
                         help="Where every decision is appended ('' to disable).").tag(config=True)
     wait = Enum(["auto", "block", "no-wait", True, False], default_value="auto",
@@ -91,7 +96,8 @@ class MistralAgentMagics(Magics):
 
     def _defaults(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in
-                ("model", "timeout", "max_steps", "approver", "system", "audit_log", "wait")}
+                ("model", "timeout", "max_steps", "approver", "system", "audit_log", "wait",
+                 "request_timeout")}
 
     @_options
     @cell_magic

@@ -21,14 +21,14 @@ approver and output area, so runs started by different cells never mix.
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _blocking
+from . import _blocking, _sdk
+from . import _safe_text as html  # escapes and neutralises controls, bidi and keys
 from .agent import (
     AgentEvents,
     AgentResult,
@@ -255,6 +255,7 @@ class _Driver:
     view: _RunView
     handle: PendingRun
     on_result: Callable[[AgentResult[Any]], None]
+    timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT
     _waiting_cards: list[Any] = field(default_factory=list)
 
     def advance(self) -> None:
@@ -262,7 +263,7 @@ class _Driver:
         try:
             while (op := self.run.next_op()) is not None:
                 if isinstance(op, _ModelCall):
-                    self.run.model_answered(_complete(self.client, op.kwargs))
+                    self.run.model_answered(_complete(self.client, op.kwargs, self.timeout))
                 elif isinstance(op, _Decide):
                     if self._begin(op):
                         return
@@ -346,6 +347,7 @@ def start_run(
     recorder: DecisionRecorder | None = None,
     output_retries: int = 2,
     bind: tuple[MutableMapping[str, Any], str] | None = None,
+    request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
 ) -> PendingRun:
     """Start a run in no-wait mode and return its :class:`PendingRun` once cards are shown.
 
@@ -356,6 +358,7 @@ def start_run(
     """
     from IPython.display import display
 
+    timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, None, recorder, output_retries)
     for t in spec.tools.values():
@@ -378,7 +381,7 @@ def start_run(
     if bind is not None:
         bind[0][bind[1]] = handle
     display(view.box)  # type: ignore[no-untyped-call]
-    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result)
+    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result, timeout)
     _LIVE[spec.run_id] = handle
     driver.advance()
     if handle._error is not None:  # failed before any card was shown: the cell says so

@@ -123,6 +123,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         history=plan.history,
         events=events,
         recorder=_recorder(plan),
+        request_timeout=plan.request_timeout,
     )
     events.final(result)
     if plan.out:
@@ -150,4 +151,5 @@ def _run_no_wait(
         events_factory=lambda show: NotebookEvents(approver_name=name, show=show),
         recorder=_recorder(plan),
         bind=(user_ns, plan.out) if plan.out else None,
+        request_timeout=plan.request_timeout,
     )

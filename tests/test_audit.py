@@ -169,7 +169,7 @@ def test_an_edit_with_a_recomputed_hash_is_caught_at_the_next_line(tmp_path: Pat
     content = lines(log.path)
     forged = json.loads(content[1])
     forged["status"], forged["note"] = "approved", None
-    body = {k: v for k, v in forged.items() if k != "hash"}
+    body = {k: v for k, v in forged.items() if k not in ("hash", "mac")}
     import hashlib
 
     forged["hash"] = hashlib.sha256(canonical_json(body).encode()).hexdigest()
@@ -207,14 +207,19 @@ def test_reordered_lines_are_detected(tmp_path: Path) -> None:
     assert err.value.line == 2
 
 
-def test_a_cut_off_end_is_detected_against_a_head_kept_elsewhere(tmp_path: Path) -> None:
+def test_a_cut_off_end_is_detected_by_default_and_against_a_head_kept_elsewhere(
+    tmp_path: Path,
+) -> None:
     log = fill(tmp_path / "audit.jsonl")
     head = log.head
     assert verify(log.path, head=head) == 4
     log.path.write_text("".join(lines(log.path)[:-1]), encoding="utf-8")
-    assert verify(log.path) == 3  # a chain alone cannot see its end removed...
+    with pytest.raises(AuditLogError, match="records were removed from its end"):
+        verify(log.path)  # the head kept beside the log sees its end removed
+    _rehead(log.path)  # a key holder can rebuild the head of the cut log...
+    assert verify(log.path) == 3
     with pytest.raises(AuditLogError, match="not at the expected head"):
-        verify(log.path, head=head)  # ...a head kept elsewhere can
+        verify(log.path, head=head)  # ...which a head kept elsewhere still catches
 
 
 def test_a_line_that_is_not_a_record_is_named(tmp_path: Path) -> None:
@@ -226,10 +231,21 @@ def test_a_line_that_is_not_a_record_is_named(tmp_path: Path) -> None:
         verify(log.path)
 
 
+def _rehead(path: Path) -> None:
+    """What a key holder can do: rebuild the head of a (cut) log."""
+    from cheq_jupyter.audit import _audit_key, _write_head
+
+    records = load(path, verify=False)
+    _write_head(path, len(records), records[-1].hash if records else GENESIS, _audit_key())
+
+
 def test_a_torn_last_line_is_reported_refused_and_repairable(tmp_path: Path) -> None:
-    log = fill(tmp_path / "audit.jsonl", 3)
+    log = fill(tmp_path / "audit.jsonl", 2)
+    head_before = log.path.with_name("audit.jsonl.head").read_bytes()
+    log.record(request(12, step=3, call_id="call00002"), Decision.approve(by="card"))
     whole = log.path.read_bytes()
-    log.path.write_bytes(whole[: len(whole) - 40])  # a crash mid-write of the last line
+    log.path.write_bytes(whole[: len(whole) - 40])  # a crash mid-write of the last line...
+    log.path.with_name("audit.jsonl.head").write_bytes(head_before)  # ...before the head
     with pytest.raises(AuditLogError, match=r"Line 3 .* incomplete record") as err:
         verify(log.path)
     assert err.value.line == 3

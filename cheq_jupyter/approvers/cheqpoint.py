@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from .._safe_text import redact, register_secret
 from .._strictjson import same_json
 from ..approval import ApprovalRequest, Decision
 from ..errors import ConfigurationError
@@ -124,6 +125,7 @@ class CheqpointApprover:
         self._sdk = sdk
         self._client = sdk.CheqpointClient(api_key=key, base_url=self.base_url, timeout=timeout)
         self._secret = key
+        register_secret(key)
         self._bound_http_calls()
         self._lock = threading.Lock()
         #: Every request filed so far with Cheqpoint's id for it, in order.  Requests are kept
@@ -230,7 +232,7 @@ class CheqpointApprover:
         word = str(getattr(status, "status", "") or "").strip().lower()
         reviewer_note = getattr(status, "decision_note", None) or getattr(
             status, "response_notes", None)
-        note = _short(reviewer_note, 2000) if reviewer_note else None
+        note = _short(redact(str(reviewer_note)), 2000) if reviewer_note else None
         rule = getattr(status, "auto_decision_rule_name", None)
         if word == "pending":
             return None
@@ -306,9 +308,7 @@ class CheqpointApprover:
         else:
             text = (f"Cheqpoint's answer could not be used while {doing} "
                     f"({type(exc).__name__}: {_short(str(exc))}). Not approved: {_NOT_RUN}.")
-        if len(self._secret) >= 8:
-            text = text.replace(self._secret, "***")
-        return Decision.cancelled(text, by=_BY)
+        return Decision.cancelled(redact(text), by=_BY)
 
     def _say(self, text: str) -> None:
         if self._announce:

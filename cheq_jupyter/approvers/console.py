@@ -23,6 +23,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from .._safe_text import redact
 from .._strictjson import same_json, strict_json
 from ..approval import ApprovalRequest, Decision
 from .allowlist import RunAllowList
@@ -39,7 +40,7 @@ _REST = {"t", "rest"}
 def printable(text: str) -> str:
     """``text`` with control and format characters (ANSI escapes, bidi overrides) escaped."""
     out = []
-    for ch in text:
+    for ch in redact(text):
         if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf"):
             out.append(ch)
         else:

@@ -1,0 +1,250 @@
+"""Text from the model (or a server, or a tool) made safe to show: one helper for every surface.
+
+* :func:`redact` removes API keys: the values of ``MISTRAL_API_KEY`` and ``CQ_API_KEY`` (read
+  when called), keys handed over in code (:func:`register_secret`), and each of their pieces
+  when a key is split by whitespace (so a key with a newline in it cannot leak half by half).
+* :func:`safe_text` also neutralises what a terminal or a browser would act on instead of
+  showing: C0/C1 control characters (ESC sequences, BEL, OSC 52 clipboard writes, carriage
+  returns that overwrite a line) and bidirectional overrides (U+202A-202E, U+2066-2069,
+  U+200E/F, U+061C), each replaced by a visible escape such as ``\\x1b`` or ``\\u202e``.
+  Newlines and tabs stay.  Use it for every ``text/plain`` surface and before ``html.escape``.
+* :func:`escape` is ``html.escape(safe_text(text))``, for every HTML surface.
+* :func:`safe_markdown` turns model-written Markdown into Markdown that renders no raw HTML,
+  no ``javascript:``/``vbscript:``/``data:`` link and no image that loads by itself (an image
+  becomes a link to click), while code spans and top-level fenced code still show ``<`` as ``<``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import threading
+from typing import Any
+
+__all__ = [
+    "RedactingFilter",
+    "escape",
+    "json_text",
+    "redact",
+    "register_secret",
+    "safe_markdown",
+    "safe_text",
+]
+
+#: Environment variables whose values are secrets.
+SECRET_VARS = ("MISTRAL_API_KEY", "CQ_API_KEY")
+#: A key (or a piece of one) shorter than this is not searched for: it would blank out
+#: ordinary words, and a few characters of a key give nothing away.
+MIN_SECRET = 6
+REDACTED = "[redacted]"
+
+_registered: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Also redact ``value`` (a key given in code rather than in the environment)."""
+    if value and len(value.strip()) >= MIN_SECRET:
+        with _lock:
+            _registered.add(value)
+
+
+def _secrets() -> list[str]:
+    values = [os.environ.get(name, "") for name in SECRET_VARS]
+    with _lock:
+        values += _registered
+    found: set[str] = set()
+    for value in values:
+        for piece in (value, value.strip(), *value.split()):
+            if len(piece) >= MIN_SECRET:
+                found.add(piece)
+    return sorted(found, key=len, reverse=True)  # whole keys before their pieces
+
+
+def redact(text: str) -> str:
+    """``text`` with every known API key (and each whitespace-split piece of one) removed."""
+    if not text:
+        return text
+    for secret in _secrets():
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact_value(value: Any) -> Any:
+    """:func:`redact` applied to every string inside lists, tuples and dicts (keys too)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_value(k): redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_value(v) for v in value)
+    return value
+
+
+_BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# C0 controls except tab and newline, DEL, C1 controls, bidi controls.
+_UNSAFE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text: Any) -> str:
+    """``str(text)`` without keys, control sequences or bidi overrides (shown as escapes)."""
+    out = redact(str(text))
+    out = out.replace("\r\n", "\n")
+    return _UNSAFE.sub(_visible, out)
+
+
+def json_text(text: str) -> str:
+    """JSON text (from ``json.dumps``) with unsafe characters written as ``\\uXXXX`` escapes.
+
+    It still parses to the same value, but an editor or a terminal shows the escape instead of
+    acting on the character (unsafe characters can only occur inside JSON strings).
+    """
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def escape(text: Any, quote: bool = True) -> str:
+    """``html.escape`` of :func:`safe_text` (same signature as ``html.escape``)."""
+    return html.escape(safe_text(text), quote=quote)
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+# A fence opens only at column 0: there it cannot sit inside a list item, a block quote or a
+# paragraph, so every CommonMark/GFM renderer agrees it is code.  (Indented fences are shown
+# escaped like the prose around them: safe, merely less pretty.)
+_FENCE_OPEN = re.compile(r"(`{3,}|~{3,})(.*)")
+_ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+# The scheme of a dangerous link, wherever a destination could start: `javascript:`, also
+# written `JavaScript\:` (a Markdown escape).  Entities were already made inert by escaping `&`.
+_BAD_SCHEME = re.compile(r"(?i)(?<![a-z0-9+.\-])(javascript|vbscript|data)(?=\\?:)")
+# `![` starts an image (unless the `!` is backslash-escaped): it would load by itself.
+# Code whose characters mean nothing to Markdown or HTML stays a Markdown code span as written.
+_INERT = re.compile(r"[^<>&!\[\]():\\`|]*")
+_ENTITY_LIKE = re.compile(r"&amp;(?=[#A-Za-z])")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!(?=\[)")
+
+
+def _entities(text: str) -> str:
+    """Every ASCII punctuation character as a numeric entity: inert in Markdown and HTML."""
+    return "".join(f"&#{ord(c)};" if c in _ASCII_PUNCT else c for c in text)
+
+
+def _prose(text: str) -> str:
+    """Markdown prose: raw HTML escaped, images made links, dangerous schemes broken."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    start = 0
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n and text[i + 1] in _ASCII_PUNCT:
+            i += 2
+            continue
+        if c != "`":
+            i += 1
+            continue
+        j = i
+        while j < n and text[j] == "`":
+            j += 1
+        run = j - i
+        close = _closing_run(text, j, run)
+        if close is None:
+            i = j
+            continue
+        out.append(_plain_prose(text[start:i]))
+        content = text[j:close]
+        out.append(text[i:close + run] if _INERT.fullmatch(content) else _code_span(content))
+        i = start = close + run
+    out.append(_plain_prose(text[start:]))
+    return "".join(out)
+
+
+def _closing_run(text: str, start: int, run: int) -> int | None:
+    """Where the next backtick run of exactly ``run`` characters starts (same paragraph)."""
+    pos = start
+    while True:
+        k = text.find("`", pos)
+        if k < 0 or _BLANK_LINE.search(text, start, k):
+            return None
+        m = k
+        while m < len(text) and text[m] == "`":
+            m += 1
+        if m - k == run:
+            return k
+        pos = m
+
+
+def _code_span(content: str) -> str:
+    """A code span as our own ``<code>`` element whose content cannot form any markup.
+
+    Whatever a renderer makes of the surrounding text, nothing in here is HTML or Markdown;
+    ``x < y`` shows as ``x < y``.
+    """
+    inner = content.replace("\n", " ")
+    if inner.strip(" ") and inner.startswith(" ") and inner.endswith(" "):
+        inner = inner[1:-1]
+    return f"<code>{_entities(inner) or '&#32;'}</code>"
+
+
+def _plain_prose(text: str) -> str:
+    text = text.replace("&", "&amp;")
+    # `&#106;` must stay text even in a renderer that decodes link destinations twice
+    # (mistune does): a zero-width space after the `&` means no entity can start there.
+    text = _ENTITY_LIKE.sub("&amp;\u200b", text)
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
+    text = _IMAGE.sub(lambda m: f"{m.group(1)}&#33;", text)
+    # A zero-width space after the scheme name: the browser no longer sees a scheme, the
+    # reader sees the same word.
+    return _BAD_SCHEME.sub(lambda m: m.group(1) + "\u200b", text)
+
+
+def safe_markdown(text: str) -> str:
+    """Model-written Markdown made safe to render (see the module docstring)."""
+    lines = safe_text(text).split("\n")
+    out: list[str] = []
+    prose: list[str] = []
+    i = 0
+    while i < len(lines):
+        opened = _FENCE_OPEN.fullmatch(lines[i])
+        if opened is None or (opened.group(1)[0] == "`" and "`" in opened.group(2)):
+            prose.append(lines[i])
+            i += 1
+            continue
+        if prose:
+            out.append(_prose("\n".join(prose)))
+            prose = []
+        fence = opened.group(1)
+        # Close at the first line ANY renderer could take as the closing fence (up to three
+        # spaces, then three of the fence's characters), so no line after it is left raw.
+        closing = re.compile(rf" {{0,3}}{re.escape(fence[0]) * 3}")
+        end = i + 1
+        while end < len(lines) and not closing.match(lines[end]):
+            end += 1
+        if end == len(lines):
+            out.append("\n".join(lines[i:]))
+            break
+        out.append("\n".join([*lines[i:end], fence]))
+        i = end + 1
+    else:
+        if prose:
+            out.append(_prose("\n".join(prose)))
+    return "\n".join(out)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts keys from every record of the loggers it is put on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = safe_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
