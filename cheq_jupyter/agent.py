@@ -265,6 +265,9 @@ def _prepare(
         description=tool.description,
         run_id=spec.run_id,
         step=step,
+        check=getattr(tool, "check", None),
+        origin=tool.origin,
+        annotations=dict(tool.annotations),
     )
     return record
 
