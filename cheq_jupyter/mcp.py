@@ -248,9 +248,9 @@ class _Connection:
             lost = self.task in done
             self.close_soon()
             if lost:
-                raise McpServerError(self._with_stderr(
+                raise McpServerError(
                     f"The MCP server {self.label} stopped during the call; it did not answer."
-                ))
+                )
             raise McpServerError(
                 f"The MCP server {self.label} did not answer within {timeout:g} s, so the call "
                 "was abandoned (it may or may not have taken effect); the server is restarted "
@@ -262,10 +262,10 @@ class _Connection:
             if _is_server_error_response(exc):
                 raise McpToolError(f"The server refused the call: {_describe(exc)}") from None
             self.close_soon()
-            raise McpServerError(self._with_stderr(
+            raise McpServerError(
                 f"The MCP server {self.label} failed during the call ({_describe(exc)}); it is "
                 "restarted on next use."
-            )) from None
+            ) from None
         dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return dumped
 
@@ -772,7 +772,7 @@ def _command_label(command: str, args: list[str]) -> str:
     if base in _LAUNCHERS:
         given = [a for a in args if not a.startswith("-") and a not in ("run", "-m")]
         if given:
-            return given[0]
+            return os.path.basename(given[0])
     return base
 
 
