@@ -167,7 +167,7 @@ class _Connection:
         )
         self.task: asyncio.Task[None] | None = None
         self.closed = False
-        # The server writes its stderr here (closed in close()); shown when it fails.
+        # The server writes its stderr here (deleted with this object); shown when it fails.
         self.errlog: TextIO = tempfile.TemporaryFile(  # noqa: SIM115
             "w+", encoding="utf-8", errors="replace"
         )
@@ -201,16 +201,14 @@ class _Connection:
             error = self.task.exception() or RuntimeError("the server closed the connection")
         else:
             error = None
-        await self.close()
+        await self.close()  # the server has exited: its stderr is complete
         if error is None:
-            raise McpServerError(self._with_stderr(
-                f"The MCP server {self.label} did not finish starting within {timeout:g} s; "
-                "check the command, or pass a larger timeout=."
-            ))
-        raise McpServerError(self._with_stderr(
-            f"The MCP server {self.label} failed to start ({_describe(error)}); check the "
-            "command and its arguments."
-        ))
+            message = (f"The MCP server {self.label} did not finish starting within "
+                       f"{timeout:g} s; check the command, or pass a larger timeout=.")
+        else:
+            message = (f"The MCP server {self.label} failed to start ({_describe(error)}); "
+                       "check the command and its arguments.")
+        raise McpServerError(self._with_stderr(message))
 
     async def _main(self) -> None:
         from mcp import ClientSession
@@ -293,8 +291,6 @@ class _Connection:
         self.closed = True
         with contextlib.suppress(Exception):
             _runtime().connections.discard(self)
-        with contextlib.suppress(Exception):
-            self.errlog.close()
 
 
 async def _list_tools(session: Any) -> list[dict[str, Any]]:
@@ -723,7 +719,7 @@ class McpToolset:
         self.close()
 
     def __del__(self) -> None:
-        conn = self._connection
+        conn = getattr(self, "_connection", None)
         runtime = _runtime_instance
         if conn is not None and runtime is not None and runtime.pid == os.getpid():
             with contextlib.suppress(Exception):
@@ -770,7 +766,11 @@ def _command_label(command: str, args: list[str]) -> str:
     """``mcp-server-git`` for ``mcp-server-git --repository x``; the package for launchers."""
     base = os.path.basename(command)
     if base in _LAUNCHERS:
-        given = [a for a in args if not a.startswith("-") and a not in ("run", "-m")]
+        if "-m" in args[:-1]:
+            return args[args.index("-m") + 1]
+        if "-c" in args:
+            return f"{base} -c"
+        given = [a for a in args if not a.startswith("-") and a != "run"]
         if given:
             return os.path.basename(given[0])
     return base

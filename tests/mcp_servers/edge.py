@@ -136,10 +136,10 @@ def pid() -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--http":
         port = int(sys.argv[2])
-        if hasattr(server, "settings"):  # mcp 1.x: FastMCP takes the port from its settings
+        try:
+            server.run("streamable-http", port=port)
+        except TypeError:  # mcp 1.x: FastMCP takes the port from its settings
             server.settings.port = port
             server.run("streamable-http")
-        else:
-            server.run("streamable-http", port=port)
     else:
         server.run()
