@@ -24,6 +24,7 @@ import pytest
 pytest.importorskip("mcp")
 
 from IPython.core.error import UsageError
+from mcp_servers.procs import alive, wait_gone
 
 from cheq_jupyter import Decision, Policy, approve_all, mcp, reject_all, run_agent
 from cheq_jupyter._cell import plan_cell
@@ -63,22 +64,6 @@ def tool_messages(fake: FakeMistral, index: int = 1) -> list[str]:
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
                           text=True).stdout
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, reaped or not, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, within: float = 15.0) -> bool:
-    deadline = time.monotonic() + within
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
