@@ -228,6 +228,7 @@ class _Connection:
             if not self.ready.done():
                 self.ready.set_exception(exc if isinstance(exc, Exception) else
                                          RuntimeError("the connection was cancelled"))
+                self.ready.exception()  # read here: start() may have stopped waiting
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -279,15 +280,19 @@ class _Connection:
         task.add_done_callback(_background.discard)
 
     async def close(self) -> None:
+        """Stop the session and the server: the SDK closes stdin, then terminates, then kills."""
         self.stop.set()
         task = self.task
         if task is not None and not task.done():
+            started = self.ready.done() and not self.ready.exception()
             try:
-                await asyncio.wait_for(asyncio.shield(task), 12)
+                if not started:  # stuck starting: nothing to wind down gracefully
+                    raise asyncio.TimeoutError
+                await asyncio.wait_for(asyncio.shield(task), 8)
             except (asyncio.TimeoutError, Exception):
                 task.cancel()
                 with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(task, 5)
+                    await asyncio.wait_for(task, 8)
         self.closed = True
         with contextlib.suppress(Exception):
             _runtime().connections.discard(self)
