@@ -36,6 +36,8 @@ import html
 import json
 import os
 import re
+import shutil
+import sys
 import tempfile
 import threading
 import weakref
@@ -802,7 +804,10 @@ def stdio(
     from mcp import StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    params = StdioServerParameters(command=command, args=[str(a) for a in args],
+    # A kernel's own environment is often not on PATH: look next to its Python too.
+    found = None if os.sep in command else (
+        shutil.which(command) or shutil.which(command, path=os.path.dirname(sys.executable)))
+    params = StdioServerParameters(command=found or command, args=[str(a) for a in args],
                                    env=dict(env) if env else None,
                                    cwd=os.fspath(cwd) if cwd is not None else None)
 
