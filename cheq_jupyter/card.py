@@ -69,6 +69,9 @@ _TD = "<td style='text-align:left;vertical-align:top'>"
 def _default_validator(request: ApprovalRequest, arguments: Any) -> list[str]:
     from .tools import validate_arguments
 
+    if request.check is not None:  # the tool's own check: the same validation as the call
+        return request.check(arguments)
+
     return validate_arguments(request.schema, arguments)
 
 

@@ -543,6 +543,28 @@ def _schema_depth(schema: Any) -> int:
     return _depth(schema)
 
 
+# A group with a quantifier inside and one after it, e.g. ``(a+)+`` or ``(\w*)*``: patterns
+# that can take exponential time on a crafted string (Python's re cannot be interrupted).
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]")
+
+
+def _risky_patterns(schema: Any) -> bool:
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            patterns = [node.get("pattern")]
+            if isinstance(node.get("patternProperties"), dict):
+                patterns += list(node["patternProperties"])
+            if any(isinstance(p, str) and (len(p) > 1000 or _NESTED_QUANTIFIER.search(p))
+                   for p in patterns):
+                return True
+            stack += list(node.values())
+        elif isinstance(node, list):
+            stack += node
+    return False
+
+
 def _annotations(raw: Mapping[str, Any]) -> dict[str, Any]:
     given = raw.get("annotations")
     if not isinstance(given, dict):
@@ -577,6 +599,8 @@ def _build_tools(
             reason = "its inputSchema is not a JSON object schema"
         elif len(json.dumps(schema)) > _SCHEMA_LIMIT or _schema_depth(schema) > _SCHEMA_DEPTH:
             reason = "its inputSchema is too large or too deeply nested"
+        elif _risky_patterns(schema):
+            reason = "its inputSchema has a pattern that could take exponential time to check"
         validator = None
         if reason is None:
             try:

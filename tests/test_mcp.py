@@ -383,6 +383,26 @@ def test_servers_stop_when_python_exits(tmp_path: Path, edge_env: dict[str, str]
 # -- names ------------------------------------------------------------------------------------
 
 
+def test_the_kernels_secrets_are_not_passed_to_a_server(
+    edge: mcp.McpToolset, edge_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-secret")  # the server started before: restart
+    edge.close()
+    names = json.loads(edge["environment"].function())
+    assert "MISTRAL_API_KEY" not in names
+    assert "CALL_LOG" in names  # what env= gave it
+
+
+def test_the_card_checks_edits_with_the_tools_own_check(edge: mcp.McpToolset) -> None:
+    from cheq_jupyter.card import _default_validator
+
+    tool = edge["add_note"]
+    request = ApprovalRequest("add_note", "s", {"text": "a"}, "abcdefghi", schema={},
+                              check=tool.check)
+    assert _default_validator(request, {"text": "a", "priority": "high"})
+    assert _default_validator(request, {"text": "b"}) == []
+
+
 def test_tool_name_clashes_name_the_fix(edge_env: dict[str, str]) -> None:
     with mcp.stdio(sys.executable, EDGE, env=edge_env) as one, \
             mcp.stdio(sys.executable, EDGE, env=edge_env) as two:

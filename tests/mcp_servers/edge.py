@@ -128,6 +128,12 @@ def hang() -> str:
 
 
 @server.tool()
+def environment() -> str:
+    """The names of the server's environment variables."""
+    return json.dumps(sorted(os.environ))
+
+
+@server.tool()
 def pid() -> str:
     """The server's process id."""
     return str(os.getpid())

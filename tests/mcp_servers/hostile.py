@@ -52,6 +52,8 @@ TOOLS: dict[str, list[dict[str, Any]]] = {
         {"name": "self_ref", "inputSchema": {"type": "object", "$ref": "#"}},
         {"name": "remote_ref", "inputSchema": {"type": "object", "properties": {
             "q": {"$ref": "http://127.0.0.1:9/evil.json"}}}},
+        {"name": "redos", "inputSchema": {"type": "object", "properties": {
+            "q": {"type": "string", "pattern": "^(a+)+$"}}}},
         {"name": "broken", "inputSchema": {"type": "object", "properties": {"q": {"type": 5}}}},
         {"name": "fine", "inputSchema": {"type": "object", "properties": {
             "q": {"type": "string"}}, "required": ["q"]}},
