@@ -532,6 +532,11 @@ class McpTool(Tool):
                 filled.append(key)
         return full, tuple(filled)
 
+    async def acall(self, **arguments: Any) -> McpResult:
+        """The call for ``arun_agent``: the notebook's event loop keeps running meanwhile."""
+        assert self.toolset is not None
+        return await self.toolset.acall(self.server_name, arguments)
+
     def call_arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The exact arguments sent to the server (checked again)."""
         self.validate(arguments)
@@ -729,6 +734,18 @@ class McpToolset:
         """Call a tool by its server name (no approval here: the agent loop asks first)."""
         conn = self._start()
         raw = _runtime().run(conn.call(server_name, arguments, self.timeout), self.timeout + 30)
+        return self._finish(raw)
+
+    async def acall(self, server_name: str, arguments: dict[str, Any]) -> McpResult:
+        """:meth:`call` for a running event loop: awaits the MCP thread without blocking it."""
+        conn = self._connection
+        if conn is None or not conn.usable:
+            conn = await asyncio.get_running_loop().run_in_executor(None, self._start)
+        future = _runtime().submit(conn.call(server_name, arguments, self.timeout))
+        raw: dict[str, Any] = await asyncio.wrap_future(future)
+        return self._finish(raw)
+
+    def _finish(self, raw: Mapping[str, Any]) -> McpResult:
         result = _result(raw, self.result_limit)
         if raw.get("isError"):
             raise McpToolError(result.full_text[: self.result_limit] or

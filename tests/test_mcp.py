@@ -527,6 +527,30 @@ def test_arun_agent_and_run_agent_inside_a_running_loop(edge: mcp.McpToolset) ->
     assert first.tool_calls[0].status == second.tool_calls[0].status == "ran"
 
 
+def test_arun_agent_keeps_the_event_loop_free_during_an_mcp_call(
+    edge: mcp.McpToolset, edge_env: dict[str, str], tmp_path: Path
+) -> None:
+    flag = tmp_path / "flag"
+
+    async def other_task() -> None:
+        # Runs on the same loop: it can only answer the server if the call does not block it.
+        while not any(c["tool"] == "wait_for" for c in calls(edge_env)):
+            await asyncio.sleep(0.01)
+        flag.write_text("here")
+
+    async def both() -> Any:
+        with FakeMistral([tool_call("wait_for", {"path": str(flag)}), text("ok")]) as fake:
+            helper = asyncio.ensure_future(other_task())
+            result = await arun_agent("x", tools=[edge], approver=approve_all,
+                                      client=fake.client())
+            await helper
+            return result
+
+    result = asyncio.run(both())
+    assert result.tool_calls[0].status == "ran"
+    assert str(result.tool_calls[0].value) == "seen"
+
+
 # -- the magic's plan -------------------------------------------------------------------------
 
 

@@ -134,6 +134,16 @@ def environment() -> str:
 
 
 @server.tool()
+def wait_for(path: str) -> str:
+    """Answers once ``path`` exists (someone else must create it), or after 20 s."""
+    _log("wait_for", path=path)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "seen" if os.path.exists(path) else "never appeared"
+
+
+@server.tool()
 def pid() -> str:
     """The server's process id."""
     return str(os.getpid())
