@@ -422,6 +422,36 @@ def test_tool_name_clashes_name_the_fix(edge_env: dict[str, str]) -> None:
         assert prefixed["read_notes"].origin == "MCP server backup"
 
 
+def test_rules_use_the_names_the_model_sees(edge_env: dict[str, str]) -> None:
+    with mcp.stdio(sys.executable, EDGE, env=edge_env, name="team") as team:
+        policy = Policy(rules={"team_add_note": "approve", "team_read_notes": "deny"})
+        script = [tool_calls(call("team_add_note", {"text": "a"}), call("team_read_notes", {})),
+                  text("ok")]
+        with FakeMistral(script) as fake:
+            result = run(fake, tools=[team], approver=policy)
+    assert [r.status for r in result.tool_calls] == ["ran", "not_approved"]
+    assert [c["tool"] for c in calls(edge_env)] == ["add_note"]
+
+
+def test_a_missing_sdk_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mcp", None)  # import mcp now raises ImportError
+    with pytest.raises(ConfigurationError, match=r"pip install 'cheq-jupyter\[mcp\]'"):
+        mcp.stdio("mcp-server-git")
+
+
+def test_magic_reports_a_name_clash_with_the_fix(edge: mcp.McpToolset) -> None:
+    def read_notes() -> str:
+        """Mine."""
+        return ""
+
+    ns = {"edge": edge, "read_notes": read_notes}
+    with pytest.raises(UsageError, match="name="):
+        plan_cell(_args(tools="edge,read_notes"), "hi", ns, DEFAULTS)
+    plan = plan_cell(_args(tools="edge.add_note,read_notes", deny="add_note"), "hi", ns,
+                     DEFAULTS)
+    assert plan.deny == ["add_note"]
+
+
 def test_bad_arguments_to_the_constructors() -> None:
     with pytest.raises(ConfigurationError, match="name="):
         mcp.stdio("x", name="has space")
