@@ -15,7 +15,7 @@ from IPython.core.error import UsageError
 from pydantic import BaseModel
 
 from .agent import AgentResult, Message
-from .errors import ToolDefinitionError
+from .errors import CheqJupyterError, ToolDefinitionError
 from .tools import Tool, as_tools
 
 __all__ = ["CellPlan", "interpolate", "plan_cell", "split_names"]
@@ -40,6 +40,11 @@ class CellPlan:
     #: ``auto``, ``block`` or ``no-wait`` (see :mod:`cheq_jupyter.waitmode`).
     wait: str = "auto"
     request_timeout: float = 300.0
+    #: ``--approve read-only``: approve calls whose MCP server claims they are read-only.
+    approve_read_only: bool = False
+
+#: The ``--approve`` word that opts in to approving on an MCP server's read-only claim.
+READ_ONLY = "read-only"
 
 
 class _Namespace(Mapping[str, Any]):
@@ -89,10 +94,33 @@ def _lookup(ns: Mapping[str, Any], name: str, what: str, option: str) -> Any:
     return ns[name]
 
 
+def _toolset_tools(value: Any, name: str, member: str) -> list[Any]:
+    """The tools of a toolset variable (``git``), or one of them (``git.git_status``)."""
+    try:
+        tools = list(value.cheq_tools())
+    except CheqJupyterError as exc:
+        raise UsageError(f"--tools {name}: {exc}") from None
+    if not member:
+        return tools
+    chosen = [t for t in tools if member in (t.name, getattr(t, "server_name", None))]
+    if not chosen:
+        known = ", ".join(t.name for t in tools) or "none"
+        raise UsageError(f"--tools names {name}.{member}, but {name} has no tool {member!r}; "
+                         f"its tools are: {known}.")
+    return chosen[:1]
+
+
 def resolve_tools(names: list[str], ns: Mapping[str, Any]) -> dict[str, Tool]:
     items: list[Any] = []
     for name in names:
-        value = _lookup(ns, name, "a function to use as a tool", "--tools")
+        var, _, member = name.partition(".")
+        value = _lookup(ns, var, "a function or an MCP toolset to use as tools", "--tools")
+        if hasattr(value, "cheq_tools") and not callable(value):
+            items.extend(_toolset_tools(value, var, member))
+            continue
+        if member:
+            raise UsageError(f"--tools names {name!r}, but {var!r} is not an MCP toolset; "
+                             "write var.tool only for a toolset from cheq_jupyter.mcp.")
         if not callable(value):
             raise UsageError(
                 f"--tools names {name!r}, which is a {type(value).__name__}, not a function; "
@@ -155,6 +183,8 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
         )
     tools = resolve_tools(split_names(args.tools), ns)
     approve, deny = split_names(args.approve), split_names(args.deny)
+    approve_read_only = READ_ONLY in approve
+    approve = [n for n in approve if n != READ_ONLY]
     for option, names in (("--approve", approve), ("--deny", deny)):
         unknown = [n for n in names if n not in tools]
         if unknown:
@@ -182,6 +212,7 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
         audit_log=args.audit if args.audit is not None else defaults.get("audit_log", ""),
         wait=wait,
         request_timeout=float(request_timeout),
+        approve_read_only=approve_read_only,
     )
 
 

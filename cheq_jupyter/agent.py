@@ -316,6 +316,8 @@ def _prepare(
         step=step,
         check=tool.check,
         defaulted=defaulted,
+        origin=tool.origin,
+        annotations=dict(tool.annotations),
     )
     return record
 
@@ -717,8 +719,12 @@ async def arun_agent(
                 run.decide(op)
             else:
                 try:
-                    value = op.tool.function(**op.kwargs)
-                    run.tool_answered(await value if op.tool.is_async else value)
+                    acall = getattr(op.tool, "acall", None)  # an MCP tool: awaited, loop free
+                    if acall is not None:
+                        run.tool_answered(await acall(**op.kwargs))
+                    else:
+                        value = op.tool.function(**op.kwargs)
+                        run.tool_answered(await value if op.tool.is_async else value)
                 except Exception as exc:
                     run.tool_answered(error=exc)
     finally:

@@ -279,12 +279,18 @@ class Policy:
     rule get ``default``.  ``ask`` is the approver for the ``ask`` calls (the card, Cheqpoint,
     the console...); with none, those calls are rejected with a note that no reviewer was
     present (the headless behaviour).
+
+    ``approve_read_only=True`` also approves, without asking, calls to tools (with no rule of
+    their own) whose MCP server claims they are read-only (``readOnlyHint``) and not
+    destructive; the decision note says it rests on the server's claim.  Off by default:
+    annotations are hints from the server, not guarantees.
     """
 
     rules: Mapping[str, RuleSpec] = field(default_factory=dict)
     default: Rule = "ask"
     ask: Approver | None = None
     name: str = "policy"
+    approve_read_only: bool = False
 
     def __post_init__(self) -> None:
         for tool, rule in self.rules.items():
@@ -321,11 +327,26 @@ class Policy:
             )
         return None
 
+    def _read_only_claim(self, request: ApprovalRequest) -> Decision | None:
+        """Approve on the server's read-only claim, when opted in and no rule says otherwise."""
+        claims = request.annotations
+        if not (self.approve_read_only and request.action not in self.rules
+                and claims.get("readOnlyHint") is True
+                and claims.get("destructiveHint") is not True):
+            return None
+        source = request.origin or "the tool's provider"
+        return Decision.approve(
+            by=self.name,
+            note=f"Approved without asking on the claim of {source} that {request.action} is "
+                 "read-only and not destructive (approve_read_only).",
+        )
+
     def __call__(self, request: ApprovalRequest) -> Decision:
         return self.decide_all([request])[0]
 
     def decide_all(self, requests: Sequence[ApprovalRequest]) -> list[Decision]:
-        fixed = [self._decide_fixed(r, self.rule_for(r)) for r in requests]
+        fixed = [self._read_only_claim(r) or self._decide_fixed(r, self.rule_for(r))
+                 for r in requests]
         asked = [r for r, d in zip(requests, fixed, strict=True) if d is None]
         answers = iter(decide_all(self.ask, asked) if asked and self.ask is not None else [])
         return [d if d is not None else next(answers) for d in fixed]

@@ -95,6 +95,9 @@ def _default_validator(request: ApprovalRequest, arguments: Any) -> list[str]:
         return list(request.check(arguments))
     from .tools import validate_arguments
 
+    if request.check is not None:  # the tool's own check: the same validation as the call
+        return request.check(arguments)
+
     return validate_arguments(request.schema, arguments)
 
 
@@ -128,9 +131,27 @@ def why_html(request: ApprovalRequest) -> str:
     return ""
 
 
+_CLAIMS = {
+    "readOnlyHint": ("read-only", "may change things"),
+    "destructiveHint": ("destructive", "not destructive"),
+    "idempotentHint": ("idempotent", "not idempotent"),
+    "openWorldHint": ("reaches outside systems", "closed world"),
+}
+
+
 def origin_html(request: ApprovalRequest) -> str:
     """Where the tool comes from and what its provider claims about it, escaped."""
-    return ""
+    if not request.origin:
+        return ""
+    claims = [
+        _CLAIMS[key][0 if value else 1]
+        for key, value in request.annotations.items()
+        if key in _CLAIMS and isinstance(value, bool)
+    ]
+    said = (f" · the server claims: {html.escape(', '.join(claims))} (not verified)"
+            if claims else " · the server makes no claims about this tool")
+    return (f"<div class='cheq-origin' style='color:#555;font-size:0.9em'>"
+            f"from {html.escape(request.origin)}{said}</div>")
 
 
 def args_html(request: ApprovalRequest, arguments_json: str) -> str:

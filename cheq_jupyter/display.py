@@ -62,6 +62,9 @@ def render_tool_result(record: ToolCallRecord) -> dict[str, str]:
             f"{body}</pre></div>"
         )
     plain = f"{head}: {result if len(result) <= COLLAPSE_AFTER else result[:COLLAPSE_AFTER] + '…'}"
+    media = getattr(record.value, "media_html", None)  # an MCP result's images, full text
+    if callable(media):
+        block += media()
     return {"text/html": f"<div class='cheq-tool-result'>{block}</div>", "text/plain": plain}
 
 

@@ -6,6 +6,8 @@ The hierarchy::
     ├── ConfigurationError            a setting is missing or wrong (API key, server URL, option)
     ├── ToolDefinitionError           a Python function cannot become a tool
     ├── ToolArgumentsError            arguments (from the model or an edit) fail the tool's schema
+    ├── McpServerError                an MCP server failed to start, died or did not answer
+    ├── McpToolError                  an MCP tool answered with an error (isError)
     ├── ApprovalError                 an approver could not reach a decision
     │   ├── FrontendUnavailableError  no widget frontend / kernel internals unknown
     │   └── RemoteApproverError       the remote approver (Cheqpoint) answered with an error
@@ -32,6 +34,8 @@ __all__ = [
     "CheqJupyterError",
     "ConfigurationError",
     "FrontendUnavailableError",
+    "McpServerError",
+    "McpToolError",
     "ModelError",
     "RemoteApproverError",
     "RunPendingError",
@@ -63,6 +67,14 @@ class ToolArgumentsError(CheqJupyterError):
         super().__init__(message)
         self.tool = tool
         self.errors = errors or []
+
+
+class McpServerError(CheqJupyterError):
+    """An MCP server failed to start, stopped during a call, or did not answer in time."""
+
+
+class McpToolError(CheqJupyterError):
+    """An MCP tool answered with an error result (``isError``); the message is the server's."""
 
 
 class ApprovalError(CheqJupyterError):

@@ -40,7 +40,9 @@ def _options(func: Any) -> Any:
                  help="How long one model request may take before the cell stops with an error."),
         argument("--on-timeout", choices=("reject", "approve"), default="reject",
                  help="What a timeout means: always reject (fail closed)."),
-        argument("--approve", metavar="NAMES", help="Tools that run without asking."),
+        argument("--approve", metavar="NAMES",
+                 help="Tools that run without asking; 'read-only' adds the MCP tools whose "
+                      "server claims they are read-only."),
         argument("--deny", metavar="NAMES", help="Tools that are always refused."),
         argument("--approver", choices=APPROVERS,
                  help="Who decides (race = the card and Cheqpoint at once)."),
@@ -56,6 +58,20 @@ def _options(func: Any) -> Any:
     for decorate in reversed(decorators):
         func = decorate(func)
     return func
+
+
+def _mcp_lines() -> list[str]:
+    """The MCP servers of this kernel and their tools (none listed when none was made)."""
+    import sys
+
+    module = sys.modules.get("cheq_jupyter.mcp")
+    sets = module.toolsets() if module is not None else []
+    if not sets:
+        return []
+    lines = ["MCP servers (annotations are the servers' own claims):"]
+    for toolset in sets:
+        lines += ["  " + line for line in toolset.describe().splitlines()]
+    return lines
 
 
 @magics_class
@@ -142,6 +158,7 @@ class MistralAgentMagics(Magics):
         elif args.tools is None:
             lines.append("Tools: none until you pass -t/--tools NAMES "
                          "(e.g. %mistral_agent -t lookup,refund).")
+        lines += _mcp_lines()
         lines.append("Options of %%mistral_agent (details: %%mistral_agent?):")
         parser = self.mistral_agent.parser
         for action in parser._actions:

@@ -19,11 +19,11 @@ __all__ = ["build_approver", "run_plan"]
 
 def _rules(plan: CellPlan) -> Policy | None:
     """The ``--approve`` / ``--deny`` rules, if any (everything else is asked)."""
-    if not plan.approve and not plan.deny:
+    if not plan.approve and not plan.deny and not plan.approve_read_only:
         return None
     rules: dict[str, Any] = {n: "approve" for n in plan.approve}
     rules.update({n: "deny" for n in plan.deny})
-    return Policy(rules=rules)
+    return Policy(rules=rules, approve_read_only=plan.approve_read_only)
 
 
 def _display_name(approver: Approver) -> str:

@@ -57,6 +57,10 @@ class Tool:
     #: The defaults of the optional parameters, as JSON values (what the reviewer is shown);
     #: read from ``arguments_model`` when not given.
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: Where the tool comes from (``"MCP server git"``); empty for a Python function.
+    origin: str = ""
+    #: What the tool's provider claims about it (MCP annotations), never trusted by itself.
+    annotations: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.defaults:
@@ -384,17 +388,34 @@ def _check_defaults(made: Tool) -> None:
 def as_tools(items: Iterable[Tool | Callable[..., Any]]) -> dict[str, Tool]:
     """Tools by name from functions or :class:`Tool` objects; duplicate names are an error."""
     out: dict[str, Tool] = {}
-    for item in items:
+    for item in _expand(items):
         made = item if isinstance(item, Tool) else _make_tool(
             item, name=None, description=None, summary=None
         )
         if made.name in out:
-            raise ToolDefinitionError(
-                f"Two tools are named {made.name!r}; give one of them another name with "
-                "tool(fn, name=...)."
-            )
+            raise ToolDefinitionError(_clash(out[made.name], made))
         out[made.name] = made
     return out
+
+
+def _expand(items: Iterable[Any]) -> Iterable[Any]:
+    """Toolsets (e.g. an MCP server's, with ``cheq_tools()``) stand for all their tools."""
+    for item in items:
+        group = getattr(item, "cheq_tools", None)
+        if group is not None and not isinstance(item, Tool) and not callable(item):
+            yield from group()
+        else:
+            yield item
+
+
+def _clash(first: Tool, second: Tool) -> str:
+    if not first.origin and not second.origin:
+        return (f"Two tools are named {first.name!r}; give one of them another name with "
+                "tool(fn, name=...).")
+    where = " and ".join(t.origin or "a Python function" for t in (first, second))
+    return (f"Two tools are named {first.name!r} ({where}); give an MCP server a prefix with "
+            "name= (e.g. mcp.stdio(..., name='fs2') makes fs2_<tool>), or rename the Python "
+            "function with tool(fn, name=...).")
 
 
 def validate_arguments(schema: Mapping[str, Any], arguments: Any) -> list[str]:

@@ -46,7 +46,7 @@ def text_of(nb: Any) -> str:
 def test_every_notebook_is_checked() -> None:
     assert {p.name for p in NOTEBOOKS} == {
         "quickstart.ipynb", "human_in_the_loop.ipynb", "structured_extraction.ipynb",
-        "policies_and_headless.ipynb", "cheqpoint_inbox.ipynb",
+        "policies_and_headless.ipynb", "cheqpoint_inbox.ipynb", "mcp_tools.ipynb",
     }
 
 
@@ -82,3 +82,17 @@ def test_cheqpoint_notebook_applies_the_inbox_edit_and_rejection(
     out = text_of(execute("cheqpoint_inbox.ipynb", tmp_path, monkeypatch))
     assert "[('acme', 90.0)]" in out  # the inbox edited 120 down to 90 before approving
     assert "We keep customer records for 10 years." in out
+
+
+def test_mcp_notebook_reads_on_the_claim_and_never_writes_unreviewed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mcp")
+    out = text_of(execute("mcp_tools.ipynb", tmp_path, monkeypatch))
+    assert "on the claim of MCP server mcp-server-git that git_status is read-only" in out
+    assert "No reviewer was present to approve git_add" in out
+    assert "No reviewer was present to approve git_reset" in out
+    # The scripted reviewer narrowed git_add to the script and rejected the reset.
+    assert "git_add: ran - edited and approved by Ana" in out
+    assert "git_reset: not_approved - rejected by Ana" in out
+    assert out.rstrip().count("A  clean.py\n M sales.csv") == 1

@@ -53,7 +53,10 @@ _OFFLINE_NOTE = "(offline demo model - set MISTRAL_API_KEY to use a real Mistral
 _READ_VERBS = {
     "get", "lookup", "look", "find", "search", "fetch", "list", "check", "show", "read",
     "query", "retrieve", "verify", "describe", "count", "view", "load", "inspect",
+    "status", "diff", "log",
 }  # fmt: skip
+# Leading words that name a tool's server or namespace (``git_status``), not its verb.
+_NAMESPACES = {"git", "fs", "file", "files", "db", "sql", "sqlite", "duckdb", "mcp", "repo"}
 # Words that mean the same action, mapped onto one canonical word.
 _SYNONYMS = {
     **dict.fromkeys(["update", "modify", "set", "switch", "replace", "edit", "alter"], "change"),
@@ -631,6 +634,8 @@ class _Tool:
     @property
     def verb(self) -> str:
         words = _split_identifier(self.name)
+        if len(words) > 1 and words[0] in _NAMESPACES:
+            words = words[1:]
         return words[0] if words else ""
 
     @property
