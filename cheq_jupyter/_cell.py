@@ -174,7 +174,7 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
     timeout = args.timeout if args.timeout is not None else defaults["timeout"]
     if timeout <= 0:
         raise UsageError(f"--timeout is {timeout}; give a positive number of seconds.")
-    request_timeout = args.request_timeout
+    request_timeout = getattr(args, "request_timeout", None)
     if request_timeout is None:
         request_timeout = defaults.get("request_timeout", 300.0)
     if not request_timeout > 0 or request_timeout == float("inf"):
