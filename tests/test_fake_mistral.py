@@ -510,10 +510,30 @@ def test_unknown_field_is_422_extra_forbidden_and_the_sdk_parses_it(
     assert refused.value.data.detail[0].loc == ["body", "max_completion_tokens"]
 
 
-def test_stream_is_not_implemented(weather_fake: FakeMistral) -> None:
-    status, body = _post(weather_fake, {"model": MODEL, "messages": [USER], "stream": True})
-    assert status == 501
-    assert "stream=true" in body["message"]
+def test_stream_true_is_answered_with_server_sent_events(weather_fake: FakeMistral) -> None:
+    request = urllib.request.Request(
+        weather_fake.url + "/v1/chat/completions",
+        data=json.dumps({"model": MODEL, "messages": [USER], "stream": True}).encode(),
+        method="POST",
+    )
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {weather_fake.api_key}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        kind = response.headers["Content-Type"]
+        raw = response.read().decode()
+    assert kind == "text/event-stream"
+    blocks = raw.split("\n\n")
+    assert blocks[-2:] == ["data: [DONE]", ""]
+    events = [json.loads(b.removeprefix("data: ")) for b in blocks[:-2]]
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [e["choices"][0]["finish_reason"] for e in events[:-1]] == [None] * (len(events) - 1)
+    last = events[-1]
+    assert last["choices"][0]["finish_reason"] == "stop"
+    assert set(last["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert "".join(e["choices"][0]["delta"]["content"] for e in events) == "It is sunny."
+    assert len(events) > 3  # word by word, not one delta
+    assert "usage" not in events[0]
 
 
 # ---------------------------------------------------------------------------------------------

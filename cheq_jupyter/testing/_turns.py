@@ -73,13 +73,23 @@ class TextTurn:
 
     content: str
     finish_reason: FinishReason = "stop"
+    #: A reasoning model's thinking before the text (sent as a ``thinking`` chunk).
+    thinking: str | None = None
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
 class ToolCallsTurn:
-    """The assistant asks for one or several (parallel) function calls."""
+    """The assistant asks for one or several (parallel) function calls.
+
+    ``content`` is text the model wrote in the same turn (Mistral usually sends ``""``), and
+    ``thinking`` a reasoning model's thinking before the calls.
+    """
 
     calls: tuple[ToolCallSpec, ...]
+    content: str = ""
+    thinking: str | None = None
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,18 +104,34 @@ class HttpErrorTurn:
 Turn: TypeAlias = TextTurn | ToolCallsTurn | HttpErrorTurn
 
 
-def text(content: str, finish_reason: FinishReason = "stop") -> TextTurn:
+def text(
+    content: str,
+    finish_reason: FinishReason = "stop",
+    *,
+    thinking: str | None = None,
+    signature: str | None = None,
+) -> TextTurn:
     """An assistant text answer, e.g. ``text("It is sunny.")``.
 
     ``finish_reason`` may be ``"stop"`` (default), ``"length"``, ``"model_length"`` or
     ``"error"``, to test how the caller handles a truncated or failed generation.
+    ``thinking`` makes it a reasoning model's answer: a ``thinking`` chunk (with
+    ``signature``, default a fresh one) comes before the text.
     """
     if finish_reason not in _TEXT_FINISH_REASONS:
         raise ValueError(
             f"finish_reason {finish_reason!r} is not one Mistral sends with text; use one of "
             f"{sorted(_TEXT_FINISH_REASONS)} (tool calls get 'tool_calls' automatically)."
         )
-    return TextTurn(content=content, finish_reason=finish_reason)
+    return TextTurn(content=content, finish_reason=finish_reason, thinking=thinking,
+                    signature=_signature(thinking, signature))
+
+
+def _signature(thinking: str | None, signature: str | None) -> str | None:
+    """Reasoning models sign their thinking; the fake makes up an opaque signature."""
+    if thinking is None or signature is not None:
+        return signature
+    return "sig_" + secrets.token_hex(12)
 
 
 def call(name: str, arguments: dict[str, Any] | str, *, id: str | None = None) -> ToolCallSpec:
@@ -119,13 +145,28 @@ def call(name: str, arguments: dict[str, Any] | str, *, id: str | None = None) -
 
 
 def tool_call(
-    name: str, arguments: dict[str, Any] | str, *, id: str | None = None
+    name: str,
+    arguments: dict[str, Any] | str,
+    *,
+    id: str | None = None,
+    content: str = "",
+    thinking: str | None = None,
+    signature: str | None = None,
 ) -> ToolCallsTurn:
-    """An assistant turn calling one function: ``tool_call("get_weather", {"city": "Paris"})``."""
-    return ToolCallsTurn(calls=(call(name, arguments, id=id),))
+    """An assistant turn calling one function: ``tool_call("get_weather", {"city": "Paris"})``.
+
+    ``content`` and ``thinking`` are what the model wrote and reasoned in the same turn.
+    """
+    return ToolCallsTurn(calls=(call(name, arguments, id=id),), content=content,
+                         thinking=thinking, signature=_signature(thinking, signature))
 
 
-def tool_calls(*calls: ToolCallSpec) -> ToolCallsTurn:
+def tool_calls(
+    *calls: ToolCallSpec,
+    content: str = "",
+    thinking: str | None = None,
+    signature: str | None = None,
+) -> ToolCallsTurn:
     """An assistant turn with parallel calls: ``tool_calls(call("a", {}), call("b", {}))``."""
     if not calls:
         raise ValueError("tool_calls() needs at least one call(...); use text(...) for no calls.")
@@ -134,7 +175,8 @@ def tool_calls(*calls: ToolCallSpec) -> ToolCallsTurn:
             raise TypeError(
                 f"tool_calls() takes call(name, arguments) values, not {type(item).__name__}."
             )
-    return ToolCallsTurn(calls=tuple(calls))
+    return ToolCallsTurn(calls=tuple(calls), content=content, thinking=thinking,
+                         signature=_signature(thinking, signature))
 
 
 def json_reply(value: Any) -> TextTurn:
