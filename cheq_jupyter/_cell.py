@@ -37,6 +37,8 @@ class CellPlan:
     deny: list[str] = field(default_factory=list)
     history: list[Message] | None = None
     audit_log: str = ""
+    stream: bool = True
+    reasoning_effort: str | None = None
 
 
 class _Namespace(Mapping[str, Any]):
@@ -169,4 +171,6 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
         deny=deny,
         history=resolve_history(args.continue_, ns),
         audit_log=args.audit if args.audit is not None else defaults.get("audit_log", ""),
+        stream=getattr(args, "stream", True),
+        reasoning_effort=getattr(args, "reasoning_effort", None),
     )

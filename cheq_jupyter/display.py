@@ -2,24 +2,34 @@
 
 Every piece is an IPython display with a ``text/plain`` twin (terminal IPython and saved
 notebooks read well too).  Model-controlled text is escaped everywhere it meets HTML or
-Markdown.
+Markdown.  While the model streams, its text grows in place (one display, updated at most
+:data:`MAX_UPDATES_PER_SECOND` times a second; the last update is the exact text, rendered
+as Markdown when it is the answer) and a reasoning model's thinking grows in a collapsed
+"Reasoning" section.  Lines are written for the person at the notebook; the exact message a
+tool call sent back to the model is one click away.  Symbols are plain Unicode (✓ ✗ ⊘ ⚠ …),
+which every notebook font has, not emoji.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
+from ._stream import DeltaKind, Usage, message_text, message_thinking
 from .agent import AgentEvents, AgentResult, Message, Phase, ToolCallRecord
 from .approval import ApprovalRequest, Decision
 
 __all__ = ["NotebookEvents", "escape_markdown", "render_output", "render_tool_result"]
 
 COLLAPSE_AFTER = 300  # characters of a tool result shown before it is collapsed
+MAX_UPDATES_PER_SECOND = 15  # live text: at most this many display updates a second
+_SYMBOLS = {"ran": "✓", "failed": "✗", "not_approved": "⊘", "invalid": "⚠"}
+_PRE = "<pre style='white-space:pre-wrap;margin:2px 0'>"
 
 _STATUS_STYLE = "color:#555;font-size:0.9em;margin:2px 0"
 
@@ -35,27 +45,71 @@ def escape_markdown(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def person_line(record: ToolCallRecord) -> str:
+    """What happened to a call, in the user's words (the model gets :attr:`record.result`)."""
+    name, decision = record.name, record.decision
+    if record.status == "ran":
+        edited = decision is not None and decision.modified_details is not None
+        return f"{name} ran" + (" with the edited arguments" if edited else "")
+    if record.status == "failed":
+        return f"{name} raised an error: {record.error}"
+    if record.status == "invalid":
+        return f"{name} was not asked about: the model's call was invalid ({record.error})"
+    if decision is None:
+        return f"{name} did not run: no decision was made"
+    if decision.approved:  # approved, but the edited arguments failed the tool's check
+        return f"{name} did not run: the edited arguments were invalid ({record.error})"
+    note = f" (note: {decision.decision_note})" if decision.decision_note else ""
+    if decision.status == "rejected":
+        return f"{name} did not run: rejected by {decision.decided_by}{note}"
+    if decision.status == "timed_out":
+        return f"{name} did not run: nobody decided in time"
+    return f"{name} did not run: the approval was cancelled{note}"
+
+
 def render_tool_result(record: ToolCallRecord) -> dict[str, str]:
-    """One tool call's outcome: a line, and the result (collapsed when long)."""
-    icon = {"ran": "✅", "failed": "💥", "not_approved": "⛔", "invalid": "⚠️"}[record.status]
-    label = {"ran": "ran", "failed": "raised an error", "not_approved": "did not run",
-             "invalid": "refused (bad call)"}[record.status]
-    head = f"{icon} {record.name} {label}"
+    """One tool call's outcome: a line for the person, then the result or the exact message
+    sent to the model (collapsed when long, or when it is addressed to the model)."""
+    head = f"{_SYMBOLS[record.status]} {person_line(record)}"
     result = record.result
     body = html.escape(result)
     if len(result) > COLLAPSE_AFTER:
         block = (
             f"<details><summary>{html.escape(head)} — {len(result)} characters "
-            f"(click to expand)</summary><pre style='white-space:pre-wrap'>{body}</pre>"
-            "</details>"
+            f"(click to expand)</summary>{_PRE}{body}</pre></details>"
         )
+    elif record.status == "ran":
+        block = f"<div><b>{html.escape(head)}</b>{_PRE}{body}</pre></div>"
     else:
         block = (
-            f"<div><b>{html.escape(head)}</b><pre style='white-space:pre-wrap;margin:2px 0'>"
-            f"{body}</pre></div>"
+            f"<div><b>{html.escape(head)}</b></div><details class='cheq-model-message'>"
+            f"<summary>The message sent to the model</summary>{_PRE}{body}</pre></details>"
         )
     plain = f"{head}: {result if len(result) <= COLLAPSE_AFTER else result[:COLLAPSE_AFTER] + '…'}"
     return {"text/html": f"<div class='cheq-tool-result'>{block}</div>", "text/plain": plain}
+
+
+def render_reasoning(thinking: str, *, done: bool) -> dict[str, str]:
+    """A reasoning model's thinking, collapsed, escaped (never Markdown)."""
+    label = "Reasoning" if done else "Reasoning …"
+    summary = f"{label} ({len(thinking):,} characters)"
+    return {
+        "text/html": f"<details class='cheq-reasoning'><summary>{html.escape(summary)}</summary>"
+                     f"{_PRE}{html.escape(thinking)}</pre></details>",
+        "text/plain": f"{summary}: {thinking[:COLLAPSE_AFTER]}"
+                      + ("…" if len(thinking) > COLLAPSE_AFTER else ""),
+    }
+
+
+def render_live_text(text: str) -> dict[str, str]:
+    """The answer while it streams: escaped text that grows in place."""
+    return {"text/html": f"<div class='cheq-live'>{_PRE}{html.escape(text)}</pre></div>",
+            "text/plain": text}
+
+
+def render_answer(text: str) -> dict[str, str]:
+    """The model's answer as Markdown, with raw HTML neutralised."""
+    return {"text/markdown": escape_markdown(text), "text/plain": text}
 
 
 def render_output(output: BaseModel) -> dict[str, str]:
@@ -73,14 +127,56 @@ def render_output(output: BaseModel) -> dict[str, str]:
     }
 
 
+class _Live:
+    """One display that grows while the model streams, updated at most N times a second."""
+
+    def __init__(self, render: Any, interval: float) -> None:
+        self.render = render
+        self.interval = interval
+        self.parts: list[str] = []
+        self.handle: Any = None
+        self.shown_at = 0.0
+        self.pending = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def add(self, piece: str) -> None:
+        self.parts.append(piece)
+        self.pending = True
+        now = time.monotonic()
+        if now - self.shown_at >= self.interval:
+            self.show(self.render(self.text, done=False), now)
+
+    def show(self, data: dict[str, str], now: float | None = None) -> None:
+        if self.handle is None:
+            self.handle = _display(data, display_id=True)
+        else:
+            self.handle.update(data, raw=True)
+        self.shown_at = time.monotonic() if now is None else now
+        self.pending = False
+
+
 class NotebookEvents(AgentEvents):
-    """Shows a status line, each tool's result and the final answer in the cell output."""
+    """Shows a status line, the model's text as it streams, each tool's result and the answer."""
 
     def __init__(self, *, approver_name: str) -> None:
         self.approver_name = approver_name
         self._status: Any = None
+        self._status_text = ""
+        self._total = Usage()
+        self._phase: Phase = "tools"
+        self._text: _Live | None = None
+        self._thinking: _Live | None = None
+        self._answer_shown: str | None = None
+        #: The conversation so far when the run was interrupted (valid for ``--continue``).
+        self.partial_result: AgentResult[Any] | None = None
 
-    def _set_status(self, message: str) -> None:
+    def _set_status(self, message: str, *, running_total: bool = True) -> None:
+        self._status_text = message
+        if running_total and self._total.total_tokens:
+            message += f" · {self._total.total_tokens:,} tokens so far"
         data = {
             "text/html": f"<div class='cheq-run-status' style='{_STATUS_STYLE}'>"
                          f"{html.escape(message)}</div>",
@@ -97,21 +193,56 @@ class NotebookEvents(AgentEvents):
             "final": "final answer",
             "structured": "structured output",
         }[phase]
-        self._set_status(f"⏳ Model thinking ({what}) …")
+        self._phase = phase
+        interval = 1.0 / MAX_UPDATES_PER_SECOND
+        self._text = _Live(lambda text, done: render_live_text(text), interval)
+        self._thinking = _Live(lambda text, done: render_reasoning(text, done=done), interval)
+        self._set_status(f"… Waiting for the model ({what})")
+
+    def model_delta(self, kind: DeltaKind, text: str) -> None:
+        if self._phase == "structured":
+            return  # JSON for the parser; the extracted object is shown when it is complete
+        live = self._thinking if kind == "thinking" else self._text
+        if live is not None:
+            live.add(text)
+
+    def model_usage(self, step: int, usage: Usage, total: Usage) -> None:
+        self._total = total
 
     def assistant_message(self, message: Message, step: int) -> None:
         calls = message.get("tool_calls") or []
+        self._finish_live(message, answer=not calls and self._phase != "structured")
         if calls:
             names = ", ".join(str(c["function"]["name"]) for c in calls)
             plural = "call" if len(calls) == 1 else "calls"
             self._set_status(
-                f"🛂 Step {step}: the model asks for {len(calls)} tool {plural} ({names}); "
+                f"→ Step {step}: the model asks for {len(calls)} tool {plural} ({names}); "
                 f"each needs a decision ({self.approver_name})."
             )
             # The next status line goes below the cards and results of this turn.
             self._status = None
         else:
-            self._set_status(f"✔ Step {step}: the model answered.")
+            self._set_status(f"✓ Step {step}: the model answered.")
+
+    def _finish_live(self, message: Message, *, answer: bool) -> None:
+        """The exact final text (and thinking) in place of the live displays."""
+        thinking, text = message_thinking(message), message_text(message)
+        if self._thinking is not None and (thinking or self._thinking.handle is not None):
+            self._thinking.show(render_reasoning(thinking, done=True))
+        if self._text is None:
+            return
+        if answer and text:
+            self._text.show(render_answer(text))
+            self._answer_shown = text
+        elif text or self._text.handle is not None:
+            self._text.show(render_live_text(text))
+
+    def interrupted(self, result: AgentResult[Any]) -> None:
+        self.partial_result = result
+        for live in (self._thinking, self._text):
+            if live is not None and live.pending:
+                live.show(live.render(live.text, done=True))
+        self._set_status("⊘ Interrupted: the model's answer stopped here and nothing more ran.")
 
     def decided(self, requests: Sequence[ApprovalRequest], decisions: Sequence[Decision]) -> None:
         # A card shows its own decisions (and keeps a record); the others get a line each.
@@ -126,9 +257,11 @@ class NotebookEvents(AgentEvents):
         _display(render_tool_result(record))
 
     def final(self, result: AgentResult[Any]) -> None:
-        """Show the answer as Markdown (or the extracted object)."""
+        """Show the answer as Markdown (or the extracted object), unless it streamed already."""
         if result.output is not None:
             _display(render_output(result.output))
-            return
-        text = result.text or "(the model gave no text answer)"
-        _display({"text/markdown": escape_markdown(text), "text/plain": text})
+        elif self._answer_shown is None or self._answer_shown != result.text:
+            _display(render_answer(result.text or "(the model gave no text answer)"))
+        if self._total.total_tokens and self._status is not None:
+            self._set_status(f"{self._status_text} Usage: {self._total.describe()}.",
+                             running_total=False)

@@ -18,6 +18,8 @@ __all__ = ["MistralAgentMagics"]
 
 #: Approver names for ``--approver`` and the ``approver`` setting.
 APPROVERS = ("auto", "card", "console", "cheqpoint", "race", "policy", "replay")
+#: ``--reasoning-effort`` values (the SDK's; kept here so loading the magic stays cheap).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def _options(func: Any) -> Any:
@@ -44,6 +46,10 @@ def _options(func: Any) -> Any:
         argument("--audit", metavar="PATH", help="Audit log file ('' to disable)."),
         argument("--continue", dest="continue_", metavar="VAR",
                  help="Carry on the conversation held in an earlier result."),
+        argument("--no-stream", dest="stream", action="store_false",
+                 help="Send plain requests instead of streaming the model's answers."),
+        argument("--reasoning-effort", metavar="LEVEL", choices=REASONING_EFFORTS,
+                 help="Reasoning models: none, minimal, low, medium, high, xhigh or max."),
     ]
     for decorate in reversed(decorators):
         func = decorate(func)

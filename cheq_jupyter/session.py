@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 from ._cell import CellPlan
 from .agent import AgentResult, run_agent
 from .approval import Approver, Policy
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ModelError
 
 __all__ = ["build_approver", "run_plan"]
 
@@ -80,19 +80,28 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
     events = NotebookEvents(approver_name=name)
-    result: AgentResult[Any] = run_agent(
-        plan.prompt,
-        tools=plan.tools,
-        approver=approver,
-        model=plan.model,
-        system=plan.system,
-        max_steps=plan.max_steps,
-        output_type=plan.output_type,
-        client=client,
-        history=plan.history,
-        events=events,
-        recorder=_recorder(plan),
-    )
+    try:
+        result: AgentResult[Any] = run_agent(
+            plan.prompt,
+            tools=plan.tools,
+            approver=approver,
+            model=plan.model,
+            system=plan.system,
+            max_steps=plan.max_steps,
+            output_type=plan.output_type,
+            client=client,
+            history=plan.history,
+            events=events,
+            recorder=_recorder(plan),
+            stream=plan.stream,
+            reasoning_effort=plan.reasoning_effort,
+        )
+    except KeyboardInterrupt:
+        if plan.out and events.partial_result is not None:
+            user_ns[plan.out] = events.partial_result  # valid for --continue
+        raise
+    except (ModelError, ConfigurationError) as exc:
+        raise UsageError(str(exc)) from None
     events.final(result)
     if plan.out:
         user_ns[plan.out] = result

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+import unicodedata
+
 from cheq_jupyter.agent import ToolCallRecord
-from cheq_jupyter.display import COLLAPSE_AFTER, escape_markdown, render_output, render_tool_result
+from cheq_jupyter.approval import Decision
+from cheq_jupyter.display import (
+    COLLAPSE_AFTER,
+    escape_markdown,
+    render_output,
+    render_reasoning,
+    render_tool_result,
+)
 
 
 def record(result: str, status: str = "ran") -> ToolCallRecord:
@@ -18,7 +27,7 @@ def test_short_tool_results_are_shown_escaped() -> None:
     assert "<img" not in shown["text/html"]
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in shown["text/html"]
     assert "<details>" not in shown["text/html"]
-    assert shown["text/plain"].startswith("✅ fetch ran: <img")
+    assert shown["text/plain"].startswith("✓ fetch ran: <img")
 
 
 def test_long_tool_results_are_collapsed() -> None:
@@ -44,3 +53,32 @@ def test_extracted_object_is_a_table_with_escaped_values() -> None:
     assert "&quot;&lt;b&gt;Ada&lt;/b&gt;&quot;" in shown["text/html"]
     assert "<th style='text-align:left;padding-right:1em'>email</th>" in shown["text/html"]
     assert shown["text/plain"] == "Contact(name='<b>Ada</b>', email='ada@example.com')"
+
+
+def test_a_rejected_call_reads_as_what_happened_and_keeps_the_model_message_one_click_away() -> None:
+    rejected = record("Not approved: the reviewer rejected this call, so it did not run. Do not "
+                      "retry it; tell the user what was not done and why.", status="not_approved")
+    rejected.decision = Decision.reject("wrong customer", by="card")
+    shown = render_tool_result(rejected)
+    head, _, rest = shown["text/html"].partition("</b>")
+    assert "fetch did not run: rejected by card (note: wrong customer)" in head
+    assert "Do not retry" not in head  # the line for the person is not the text for the model
+    assert "<summary>The message sent to the model</summary>" in rest
+    assert "Do not retry it; tell the user" in rest
+
+
+def test_status_symbols_are_plain_text_not_emoji() -> None:
+    for status in ("ran", "failed", "not_approved", "invalid"):
+        line = render_tool_result(record("x", status=status))["text/plain"]
+        symbol = line[0]
+        # Emoji presentation (U+1F300.., ✅ ⛔ ⏳, or a variation selector) needs an emoji
+        # font; these text symbols are in DejaVu Sans, which every Linux desktop has.
+        assert symbol in "✓✗⊘⚠" and "\ufe0f" not in line
+        assert unicodedata.category(symbol) in ("So", "Sm")
+
+
+def test_reasoning_is_collapsed_and_escaped_never_markdown() -> None:
+    shown = render_reasoning("I should **not** <script>x()</script> run it", done=True)
+    assert "text/markdown" not in shown
+    assert shown["text/html"].startswith("<details class='cheq-reasoning'><summary>Reasoning")
+    assert "<script>" not in shown["text/html"] and "&lt;script&gt;" in shown["text/html"]
