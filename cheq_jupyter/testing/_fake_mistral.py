@@ -75,7 +75,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeAlias
 
 from .._sdk import mistral_class
-from ._turns import HttpErrorTurn, TextTurn, ToolCallsTurn, Turn, new_tool_call_id
+from ._turns import (
+    HttpErrorTurn,
+    RawStreamTurn,
+    TextTurn,
+    ToolCallsTurn,
+    Turn,
+    new_tool_call_id,
+)
 
 #: The values mistralai 3.x accepts for ``reasoning_effort``.
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -161,9 +168,11 @@ class _Answer(Exception):
     status: int
     body: JSONDict
     headers: tuple[tuple[str, str], ...] = field(default=())
-    events: list[JSONDict] | None = None
+    events: list[JSONDict | str] | None = None
 
 
+#: Marks the events of a :class:`RawStreamTurn` (sent as given, no ``[DONE]`` added).
+_RAW = "\x00raw"
 #: Where ``_handle`` hands the handler the events of a streamed answer (never sent as JSON).
 _STREAM_KEY = "\x00stream-events"
 
@@ -792,7 +801,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_stream(events)
 
-    def _send_stream(self, events: list[JSONDict]) -> None:
+    def _send_stream(self, events: list[JSONDict | str]) -> None:
         """Server-sent events in HTTP/1.1 chunked encoding, one write (and pause) per event."""
         fake = self.server.fake
         self.send_response(200)
@@ -801,8 +810,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         hold, fake._hold_next = fake._hold_next, None
-        payloads = [f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events]
-        payloads.append("data: [DONE]\n\n")
+        if events and events[-1] == _RAW:
+            payloads = [e if isinstance(e, str) else f"data: {json.dumps(e)}\n\n"
+                        for e in events[:-1]]
+        else:
+            payloads = [f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events]
+            payloads.append("data: [DONE]\n\n")
         try:
             for sent, payload in enumerate(payloads):
                 if sent and fake.chunk_pause:
@@ -815,8 +828,9 @@ class _Handler(BaseHTTPRequestHandler):
                     fake.on_event(sent, payload)
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
-            with fake._lock:
+            with fake._cut:
                 fake.cut_streams += 1
+                fake._cut.notify_all()
             self.close_connection = True
 
     def _reject_method(self) -> None:
@@ -877,7 +891,7 @@ class FakeMistral:
             self._responder = None
             self._turns = list(script)
             for turn in self._turns:
-                if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn)):
+                if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn, RawStreamTurn)):
                     raise TypeError(
                         f"FakeMistral script items must be turns made by text(), tool_call(), "
                         f"tool_calls(), json_reply() or http_error(), not {type(turn).__name__}."
@@ -904,6 +918,7 @@ class FakeMistral:
         self.on_event = on_event
         #: Streams the client closed before their end (e.g. an interrupted cell).
         self.cut_streams = 0
+        self._cut = threading.Condition()
         self._hold_next: Hold | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -964,6 +979,14 @@ class FakeMistral:
         hold = Hold(after, timeout)
         self._hold_next = hold
         return hold
+
+    def wait_cut_streams(self, count: int, timeout: float = 30.0) -> None:
+        """Block until ``count`` streams were cut by the client, or raise ``TimeoutError``."""
+        with self._cut:
+            if not self._cut.wait_for(lambda: self.cut_streams >= count, timeout):
+                raise TimeoutError(
+                    f"{self.cut_streams} stream(s) were cut within {timeout:g} s, not {count}."
+                )
 
     def usage_totals(self) -> dict[str, int]:
         """``prompt_tokens``, ``completion_tokens`` and ``total_tokens`` summed over every
@@ -1051,12 +1074,21 @@ class FakeMistral:
             turn = self._next_turn(body)
             if isinstance(turn, HttpErrorTurn):
                 return _Answer(turn.status, dict(turn.body), turn.headers)
+            if isinstance(turn, RawStreamTurn):
+                if not body.get("stream"):
+                    raise self._script_problem(
+                        "FakeMistral script error: raw_stream() answers stream=true requests "
+                        "only, and this request did not stream."
+                    )
+                return _Answer(200, {}, events=[*turn.items, _RAW])
             mismatch = _turn_mismatch(turn, body)
             if mismatch is not None:
                 raise self._script_problem(f"FakeMistral script error: {mismatch}")
         completion = _completion(body, turn)
         if body.get("stream") and self.streaming:
-            events = _stream_events(completion, turn, self.split_arguments)
+            events: list[JSONDict | str] = [
+                *_stream_events(completion, turn, self.split_arguments)
+            ]
             return _Answer(200, completion, events=events)
         return _Answer(200, completion)
 
@@ -1073,7 +1105,7 @@ class FakeMistral:
                 raise self._script_problem(
                     f"FakeMistral script error: the responder raised {exc!r}."
                 ) from exc
-            if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn)):
+            if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn, RawStreamTurn)):
                 raise self._script_problem(
                     f"FakeMistral script error: the responder returned "
                     f"{type(turn).__name__}, not a turn."

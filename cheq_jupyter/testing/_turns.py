@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeAlias
 __all__ = [
     "FinishReason",
     "HttpErrorTurn",
+    "RawStreamTurn",
     "TextTurn",
     "ToolCallSpec",
     "ToolCallsTurn",
@@ -29,6 +30,7 @@ __all__ = [
     "http_error",
     "json_reply",
     "new_tool_call_id",
+    "raw_stream",
     "text",
     "tool_call",
     "tool_calls",
@@ -101,7 +103,16 @@ class HttpErrorTurn:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Turn: TypeAlias = TextTurn | ToolCallsTurn | HttpErrorTurn
+@dataclass(frozen=True)
+class RawStreamTurn:
+    """A streamed answer sent exactly as given (for hostile-stream tests): each item is a
+    ``chat.completion.chunk`` dict sent as a ``data:`` event, or a str written verbatim.
+    Nothing is added (no ``[DONE]`` unless an item says so)."""
+
+    items: tuple[dict[str, Any] | str, ...]
+
+
+Turn: TypeAlias = TextTurn | ToolCallsTurn | HttpErrorTurn | RawStreamTurn
 
 
 def text(
@@ -186,6 +197,11 @@ def json_reply(value: Any) -> TextTurn:
     """
     content = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return TextTurn(content=content, finish_reason="stop")
+
+
+def raw_stream(*items: dict[str, Any] | str) -> RawStreamTurn:
+    """Answer a ``stream: true`` request with exactly these events (see :class:`RawStreamTurn`)."""
+    return RawStreamTurn(items=tuple(items))
 
 
 def _default_error_body(status: int) -> dict[str, Any]:
