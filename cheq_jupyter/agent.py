@@ -826,6 +826,8 @@ def run_agent(
                     run.tool_answered(error=exc)
     except KeyboardInterrupt as exc:
         run.interrupted(exc)
+        if isinstance(exc, _stream.StreamInterrupted):
+            raise KeyboardInterrupt from None  # what the user pressed, not our wrapper
         raise
     finally:
         run.close()
@@ -874,6 +876,8 @@ async def arun_agent(
                     run.tool_answered(error=exc)
     except KeyboardInterrupt as exc:
         run.interrupted(exc)
+        if isinstance(exc, _stream.StreamInterrupted):
+            raise KeyboardInterrupt from None  # what the user pressed, not our wrapper
         raise
     finally:
         run.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -128,7 +129,13 @@ def render_output(output: BaseModel) -> dict[str, str]:
 
 
 class _Live:
-    """One display that grows while the model streams, updated at most N times a second."""
+    """One display that grows while the model streams, updated at most N times a second.
+
+    A piece that arrives within the interval after an update is shown by a timer at the end
+    of the interval (so the words before a pause in the stream do not wait for the next
+    chunk); ``show`` of the final text stops the timer.  ipykernel routes a display made
+    from another thread to the running cell, and the lock keeps updates in order.
+    """
 
     def __init__(self, render: Any, interval: float) -> None:
         self.render = render
@@ -137,24 +144,52 @@ class _Live:
         self.handle: Any = None
         self.shown_at = 0.0
         self.pending = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._final = False
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
     def add(self, piece: str) -> None:
-        self.parts.append(piece)
-        self.pending = True
-        now = time.monotonic()
-        if now - self.shown_at >= self.interval:
-            self.show(self.render(self.text, done=False), now)
+        with self._lock:
+            if self._final:
+                return
+            self.parts.append(piece)
+            self.pending = True
+            wait = self.shown_at + self.interval - time.monotonic()
+            if wait <= 0:
+                self._show(self.render(self.text, done=False))
+            elif self._timer is None:
+                self._timer = threading.Timer(wait, self._on_timer)
+                self._timer.daemon = True
+                self._timer.start()
 
-    def show(self, data: dict[str, str], now: float | None = None) -> None:
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self.pending and not self._final:
+                try:
+                    self._show(self.render(self.text, done=False))
+                except Exception:  # a display that fails must not kill the stream
+                    self.pending = False
+
+    def show(self, data: dict[str, str]) -> None:
+        """Show the final ``data`` (no timer update comes after it)."""
+        with self._lock:
+            self._final = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._show(data)
+
+    def _show(self, data: dict[str, str]) -> None:
         if self.handle is None:
             self.handle = _display(data, display_id=True)
         else:
             self.handle.update(data, raw=True)
-        self.shown_at = time.monotonic() if now is None else now
+        self.shown_at = time.monotonic()
         self.pending = False
 
 
