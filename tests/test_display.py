@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
 import unicodedata
+
+from pydantic import BaseModel
 
 from cheq_jupyter.agent import ToolCallRecord
 from cheq_jupyter.approval import Decision

@@ -158,7 +158,7 @@ def test_thinking_goes_back_in_the_history_with_its_signature() -> None:
 def test_reasoning_effort_is_passed_through_or_refused_with_the_servers_message() -> None:
     with FakeMistral([text("ok")]) as fake:
         if SDK_MAJOR < 2:
-            with pytest.raises(ConfigurationError, match="mistralai 2.0 or later"):
+            with pytest.raises(ConfigurationError, match=r"mistralai 2\.0 or later"):
                 run_agent("Hi", approver=approve_all, client=fake.client(),
                           reasoning_effort="high")
             return
