@@ -104,12 +104,15 @@ class StreamInterrupted(KeyboardInterrupt):
         self.partial = partial
 
 
+_PLAIN = (str, int, list)
+
+
 def _get(obj: Any, name: str) -> Any:
-    """``obj.name`` or ``obj[name]``; the SDK's UNSET counts as missing."""
-    value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-    if value is not None and type(value).__name__ == "Unset":
-        return None
-    return value
+    """``obj.name`` or ``obj[name]``; the SDK's UNSET counts as missing (called per chunk)."""
+    value = obj.get(name) if type(obj) is dict else getattr(obj, name, None)
+    if value is None or type(value) in _PLAIN:
+        return value
+    return None if type(value).__name__ == "Unset" else value
 
 
 def _chunk_texts(parts: Any) -> str:
