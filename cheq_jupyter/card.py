@@ -381,9 +381,14 @@ class WidgetApprover:
         self._cards: list[_Card] = []
         self._external: list[_Card] = []
         self._waker: _blocking.Waker | None = None
+        self._shown: set[str] = set()
 
     def __repr__(self) -> str:
         return f"WidgetApprover(timeout={self.timeout!r})"
+
+    def showed(self, request: ApprovalRequest) -> bool:
+        """Whether ``request`` was put on a card (which then shows its decision itself)."""
+        return request.tool_call_id in self._shown
 
     def __call__(self, request: ApprovalRequest) -> Decision:
         return self.decide_all([request])[0]
@@ -466,6 +471,7 @@ class WidgetApprover:
         from IPython.display import display
 
         look = _Look()
+        self._shown.update(r.tool_call_id for r in requests)
         # The model's why is the same for every call of its turn: shown once, above them.
         shared_why = len(requests) > 1 and len({(r.reason, r.reasoning) for r in requests}) == 1
         cards = [_Card(self, r, look, why=not shared_why) for r in requests]

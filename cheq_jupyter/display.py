@@ -16,7 +16,7 @@ import html
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -196,8 +196,12 @@ class _Live:
 class NotebookEvents(AgentEvents):
     """Shows a status line, the model's text as it streams, each tool's result and the answer."""
 
-    def __init__(self, *, approver_name: str) -> None:
+    def __init__(
+        self, *, approver_name: str, on_card: Callable[[ApprovalRequest], bool] | None = None
+    ) -> None:
         self.approver_name = approver_name
+        #: Whether a request was shown on a card (its decision is on the card, not repeated).
+        self.on_card = on_card
         self._status: Any = None
         self._status_text = ""
         self._total = Usage()
@@ -284,6 +288,8 @@ class NotebookEvents(AgentEvents):
         for request, decision in zip(requests, decisions, strict=True):
             if decision.decided_by == "card" or decision.decided_by.endswith("(card)"):
                 continue
+            if self.on_card is not None and self.on_card(request):
+                continue  # e.g. decided in Cheqpoint while racing the card: the card says so
             line = f"{request.action}: {decision.describe()}"
             _display({"text/html": f"<div class='cheq-decision'>{html.escape(line)}</div>",
                       "text/plain": line})

@@ -61,6 +61,19 @@ def build_approver(plan: CellPlan) -> tuple[Approver, str]:
     return approver, _display_name(approver)
 
 
+def _card_of(approver: Any) -> Any:
+    """The card approver inside ``approver`` (behind a policy, or racing a remote), if any."""
+    from .card import WidgetApprover
+
+    for _ in range(8):  # policies and races nest a few levels at most
+        if isinstance(approver, WidgetApprover):
+            return approver
+        approver = getattr(approver, "ask", None) or getattr(approver, "card", None)
+        if approver is None:
+            return None
+    return None
+
+
 def _recorder(plan: CellPlan) -> Any:
     if not plan.audit_log:
         return None
@@ -79,7 +92,8 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         approver, name = build_approver(plan)
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
-    events = NotebookEvents(approver_name=name)
+    card = _card_of(approver)
+    events = NotebookEvents(approver_name=name, on_card=card.showed if card is not None else None)
     try:
         result: AgentResult[Any] = run_agent(
             plan.prompt,

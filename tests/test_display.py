@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 from pydantic import BaseModel
 
 from cheq_jupyter.agent import ToolCallRecord
-from cheq_jupyter.approval import Decision
+from cheq_jupyter.approval import ApprovalRequest, Decision
 from cheq_jupyter.display import (
     COLLAPSE_AFTER,
+    NotebookEvents,
     escape_markdown,
     render_output,
     render_reasoning,
@@ -82,3 +84,17 @@ def test_reasoning_is_collapsed_and_escaped_never_markdown() -> None:
     assert "text/markdown" not in shown
     assert shown["text/html"].startswith("<details class='cheq-reasoning'><summary>Reasoning")
     assert "<script>" not in shown["text/html"] and "&lt;script&gt;" in shown["text/html"]
+
+
+def test_a_decision_shown_on_a_card_is_not_repeated_below_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    request = ApprovalRequest(action="refund", summary="refund c1", details={},
+                              tool_call_id="abcdefghi")
+    decision = Decision.reject("wrong customer", by="cheqpoint")  # won a race with the card
+    NotebookEvents(approver_name="card+cheqpoint", on_card=lambda r: True).decided(
+        [request], [decision])
+    assert capsys.readouterr().out == ""
+    NotebookEvents(approver_name="cheqpoint", on_card=lambda r: False).decided(
+        [request], [decision])
+    assert "refund: rejected by cheqpoint" in capsys.readouterr().out
