@@ -253,3 +253,26 @@ def test_the_async_loop_streams_too() -> None:
     result = asyncio.run(main())
     assert ledger.ran == [("lookup", {"customer": "c9"})]
     assert result.text == ANSWER and len([d for d in seen.deltas if d[0] == "text"]) > 5
+
+
+def test_an_interrupt_while_deciding_also_leaves_a_conversation_to_continue() -> None:
+    ledger, seen = Ledger(), Seen()
+
+    def press_stop(request: ApprovalRequest) -> Decision:
+        raise KeyboardInterrupt
+
+    script = [tool_calls(call("refund", {"customer": "c1", "amount": 20}),
+                         call("lookup", {"customer": "c1"})),
+              text("Nothing was done.")]
+    with FakeMistral(script) as fake:
+        with pytest.raises(KeyboardInterrupt):
+            run_agent("Refund c1", tools=[ledger.refund, ledger.lookup], approver=press_stop,
+                      client=fake.client(), events=seen)
+        partial = seen.partial
+        assert partial is not None and partial.stop_reason == "interrupted"
+        roles = [m["role"] for m in partial.messages]
+        assert roles == ["user", "assistant", "tool", "tool", "assistant"]
+        later = run_agent("What happened?", tools=[ledger.refund], approver=approve_all,
+                          client=fake.client(), history=partial.messages)
+    assert ledger.ran == [] and later.text == "Nothing was done."
+    assert fake.responses[-1][0] == 200
