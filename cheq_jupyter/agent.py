@@ -616,7 +616,7 @@ def _call_model(
         except Exception as exc:
             raise _model_error(exc) from None
         return _stream.reply_from_response(response)
-    assembler = _stream.Assembler(events.model_delta)
+    assembler = _stream.Assembler(_shown_safely(events))
     try:
         sse = client.chat.stream(**kwargs)
     except Exception as exc:
@@ -646,7 +646,7 @@ async def _acall_model(
         except Exception as exc:
             raise _model_error(exc) from None
         return _stream.reply_from_response(response)
-    assembler = _stream.Assembler(events.model_delta)
+    assembler = _stream.Assembler(_shown_safely(events))
     try:
         sse = await client.chat.stream_async(**kwargs)
     except Exception as exc:
@@ -664,6 +664,23 @@ async def _acall_model(
     except Exception as exc:
         raise _model_error(exc) from None
     return _finished(assembler)
+
+
+def _shown_safely(events: AgentEvents) -> _stream.DeltaHook:
+    """``events.model_delta``; a display that fails is logged, and the stream goes on (an
+    interrupt still stops it)."""
+
+    failed: list[bool] = []
+
+    def show(kind: DeltaKind, text: str) -> None:
+        try:
+            events.model_delta(kind, text)
+        except Exception:
+            if not failed:  # once per request, not once per chunk
+                failed.append(True)
+                log.exception("showing the streamed %s failed", kind)
+
+    return show
 
 
 def _finished(assembler: _stream.Assembler) -> Reply:

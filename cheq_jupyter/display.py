@@ -268,8 +268,8 @@ class NotebookEvents(AgentEvents):
         thinking, text = message_thinking(message), message_text(message)
         if self._thinking is not None and (thinking or self._thinking.handle is not None):
             self._thinking.show(render_reasoning(thinking, done=True))
-        if self._text is None:
-            return
+        if self._text is None or self._phase == "structured":
+            return  # structured output is shown as a table once it is valid
         if answer and text:
             self._text.show(render_answer(text))
             self._answer_shown = text

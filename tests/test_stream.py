@@ -276,3 +276,14 @@ def test_an_interrupt_while_deciding_also_leaves_a_conversation_to_continue() ->
                           client=fake.client(), history=partial.messages)
     assert ledger.ran == [] and later.text == "Nothing was done."
     assert fake.responses[-1][0] == 200
+
+
+def test_a_display_that_fails_does_not_stop_the_stream(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(AgentEvents):
+        def model_delta(self, kind: Any, text: str) -> None:
+            raise ValueError("the frontend went away")
+
+    with FakeMistral([text(ANSWER)]) as fake:
+        result = run_agent("Hi", approver=approve_all, client=fake.client(), events=Broken())
+    assert result.text == ANSWER
+    assert [r.getMessage() for r in caplog.records] == ["showing the streamed text failed"]
