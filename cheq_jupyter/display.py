@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from ._stream import DeltaKind, Usage, message_text, message_thinking
 from .agent import AgentEvents, AgentResult, Message, Phase, ToolCallRecord
 from .approval import ApprovalRequest, Decision
+from .tools import tool_result_text
 
 __all__ = ["NotebookEvents", "escape_markdown", "render_output", "render_tool_result"]
 
@@ -73,19 +74,26 @@ def render_tool_result(record: ToolCallRecord) -> dict[str, str]:
     sent to the model (collapsed when long, or when it is addressed to the model)."""
     head = f"{_SYMBOLS[record.status]} {person_line(record)}"
     result = record.result
+    if record.status == "ran" and record.value is not None:
+        result = tool_result_text(record.value)  # without the notes meant for the model
     body = html.escape(result)
+    to_model = (
+        f"<details class='cheq-model-message'><summary>The message sent to the model</summary>"
+        f"{_PRE}{html.escape(record.result)}</pre></details>"
+    )
     if len(result) > COLLAPSE_AFTER:
         block = (
             f"<details><summary>{html.escape(head)} — {len(result)} characters "
             f"(click to expand)</summary>{_PRE}{body}</pre></details>"
         )
+        if result != record.result:
+            block += to_model
     elif record.status == "ran":
         block = f"<div><b>{html.escape(head)}</b>{_PRE}{body}</pre></div>"
+        if result != record.result:
+            block += to_model
     else:
-        block = (
-            f"<div><b>{html.escape(head)}</b></div><details class='cheq-model-message'>"
-            f"<summary>The message sent to the model</summary>{_PRE}{body}</pre></details>"
-        )
+        block = f"<div><b>{html.escape(head)}</b></div>{to_model}"
     plain = f"{head}: {result if len(result) <= COLLAPSE_AFTER else result[:COLLAPSE_AFTER] + '…'}"
     return {"text/html": f"<div class='cheq-tool-result'>{block}</div>", "text/plain": plain}
 

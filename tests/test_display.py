@@ -98,3 +98,14 @@ def test_a_decision_shown_on_a_card_is_not_repeated_below_it(
     NotebookEvents(approver_name="cheqpoint", on_card=lambda r: False).decided(
         [request], [decision])
     assert "refund: rejected by cheqpoint" in capsys.readouterr().out
+
+
+def test_an_edited_call_shows_what_the_tool_returned_and_the_model_note_one_click_away() -> None:
+    ran = record('(The reviewer edited the arguments before approving; the call ran with '
+                 '{"amount": 5}.) refunded 5')
+    ran.value = "refunded 5"
+    ran.decision = Decision.approve(by="card", modified_details={"amount": 5})
+    shown = render_tool_result(ran)["text/html"]
+    head, _, rest = shown.partition("<details")
+    assert "✓ fetch ran with the edited arguments" in head and "refunded 5" in head
+    assert "The reviewer edited" not in head and "The reviewer edited" in rest
