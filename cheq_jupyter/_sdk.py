@@ -114,6 +114,16 @@ def message_to_dict(response: Any) -> tuple[dict[str, Any], str | None]:
     return out, (str(getattr(finish, "value", finish)) if finish is not None else None)
 
 
+def _field_errors(detail: Any) -> str:
+    """A 422 ``detail`` list as ``field: problem; ...`` (its JSON when it has another shape)."""
+    if isinstance(detail, list) and detail and all(isinstance(e, dict) for e in detail):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in (e.get('loc') or [])[1:]) or 'request'}: {e.get('msg')}"
+            for e in detail
+        )
+    return json.dumps(detail)
+
+
 def to_model_error(exc: Exception) -> ModelError:
     """Turn an SDK HTTP error into a :class:`ModelError` with the server's message."""
     status = getattr(exc, "status_code", None)
@@ -128,7 +138,7 @@ def to_model_error(exc: Exception) -> ModelError:
         parsed = body
     if isinstance(parsed, dict):
         detail = parsed.get("message", parsed.get("detail"))
-        message = detail if isinstance(detail, str) else json.dumps(detail)
+        message = detail if isinstance(detail, str) else _field_errors(detail)
     if not message:
         message = (str(exc).splitlines() or [type(exc).__name__])[0]
     hint = {

@@ -287,3 +287,14 @@ def test_a_display_that_fails_does_not_stop_the_stream(caplog: pytest.LogCapture
         result = run_agent("Hi", approver=approve_all, client=fake.client(), events=Broken())
     assert result.text == ANSWER
     assert [r.getMessage() for r in caplog.records] == ["showing the streamed text failed"]
+
+
+def test_a_reasoning_effort_the_api_does_not_know_is_refused_in_one_readable_line() -> None:
+    if SDK_MAJOR < 2:
+        pytest.skip("mistralai 1.x cannot send reasoning_effort (tested above)")
+    with FakeMistral([text("never")]) as fake, pytest.raises(ModelError) as info:
+        run_agent("Hi", approver=approve_all, client=fake.client(),
+                  model="magistral-small-latest", reasoning_effort="extreme")
+    assert info.value.status_code == 422
+    assert str(info.value).startswith(
+        "The Mistral API answered 422: reasoning_effort: Input should be 'none', 'minimal'")
