@@ -704,6 +704,10 @@ def _replay(reply: Reply, events: AgentEvents) -> None:
 def _check_reasoning_effort(client: Any, effort: str | None, stream: bool) -> None:
     if effort is None:
         return
+    if effort not in REASONING_EFFORTS:  # the SDK would silently drop an unknown value
+        raise ConfigurationError(
+            f"reasoning_effort is {effort!r}; use one of {', '.join(REASONING_EFFORTS)}."
+        )
     method = client.chat.stream if stream else client.chat.complete
     try:
         accepted = "reasoning_effort" in inspect.signature(method).parameters

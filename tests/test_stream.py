@@ -289,12 +289,25 @@ def test_a_display_that_fails_does_not_stop_the_stream(caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records] == ["showing the streamed text failed"]
 
 
-def test_a_reasoning_effort_the_api_does_not_know_is_refused_in_one_readable_line() -> None:
-    if SDK_MAJOR < 2:
-        pytest.skip("mistralai 1.x cannot send reasoning_effort (tested above)")
-    with FakeMistral([text("never")]) as fake, pytest.raises(ModelError) as info:
+def test_an_unknown_reasoning_effort_is_refused_before_any_request() -> None:
+    # mistralai 3.x would silently leave an unknown value out of the request.
+    with FakeMistral([text("never")]) as fake, pytest.raises(ConfigurationError) as info:
         run_agent("Hi", approver=approve_all, client=fake.client(),
                   model="magistral-small-latest", reasoning_effort="extreme")
-    assert info.value.status_code == 422
-    assert str(info.value).startswith(
-        "The Mistral API answered 422: reasoning_effort: Input should be 'none', 'minimal'")
+    assert str(info.value) == ("reasoning_effort is 'extreme'; use one of none, minimal, low, "
+                               "medium, high, xhigh, max.")
+    assert fake.requests == []
+
+
+def test_the_reasoning_effort_values_agree_with_the_installed_sdk() -> None:
+    from cheq_jupyter import agent, magics
+    from cheq_jupyter.testing import _fake_mistral
+
+    assert magics.REASONING_EFFORTS == agent.REASONING_EFFORTS == _fake_mistral.REASONING_EFFORTS
+    if SDK_MAJOR >= 2:
+        from typing import get_args
+
+        from mistralai.client.models import ReasoningEffort
+
+        literal = get_args(ReasoningEffort)[0]
+        assert get_args(literal) == agent.REASONING_EFFORTS
