@@ -13,7 +13,9 @@ when there are several; the cell goes on when every card is decided.  Fail close
 ``timeout`` seconds (a countdown is shown) undecided calls are ``timed_out``; a kernel
 interrupt marks them ``cancelled`` and re-raises ``KeyboardInterrupt``.  Once decided, every
 control is disabled, a status line says what was decided, by whom and when, and a static HTML
-record stays in the output for notebooks opened without a kernel.
+record becomes the ``text/html`` fallback of the card's own output: a live notebook shows the
+card (once), a notebook opened without a kernel shows the record.  Above the calls, the card
+shows what the model wrote in that turn and its reasoning (collapsed), escaped.
 
 Stable ``_dom_classes`` for tests and styling: ``cheq-card``, ``cheq-approve``,
 ``cheq-reject``, ``cheq-edit``, ``cheq-args`` (the JSON Textarea; editing it and pressing
