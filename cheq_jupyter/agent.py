@@ -592,7 +592,8 @@ def _close_conversation(messages: list[Message], partial_text: str) -> None:
                 messages.append({
                     "role": "tool", "tool_call_id": call.get("id"),
                     "name": (call.get("function") or {}).get("name"),
-                    "content": "Not run: the user interrupted the run before this call ran.",
+                    "content": "Interrupted: the user stopped the run before this call's "
+                               "result came back, so it may not have run or finished.",
                 })
     if partial_text:
         messages.append({"role": "assistant", "content": partial_text})
