@@ -71,8 +71,9 @@ def bare_sdk(fake: FakeMistral, client: Any, calls: int) -> None:
 
 
 def gated(fake: FakeMistral, client: Any, calls: int) -> None:
+    # Plain requests, like the baseline (stream_overhead.py compares the streaming loop).
     result = run_agent("add things", tools=[add], approver=approve_all, client=client,
-                       max_steps=calls + 1)
+                       max_steps=calls + 1, stream=False)
     assert len(result.tool_calls) == calls and result.text == "done"
 
 

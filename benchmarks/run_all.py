@@ -5,8 +5,10 @@
 Rows: click-to-resume latency and kernel CPU of a blocked cell (vs jupyter-ui-poll on
 ipykernel 6.29), loop overhead (vs the bare SDK loop), ``%load_ext`` time (vs importing the
 SDK), time to show 50 parallel cards (vs the same plain ipywidgets) and the audit log's cost
-(vs a bare fsynced append / a run without the log), and 20 MCP calls through the gate (vs
-the bare ``mcp`` ClientSession).  About 100 s on 2 cores; ``--quick``
+(vs a bare fsynced append / a run without the log), 20 MCP calls through the gate (vs the
+bare ``mcp`` ClientSession), the streaming loop's overhead (vs a bare SDK ``chat.stream``
+loop) and the time from a streamed chunk leaving the fake to its text in a cell (coalesced
+display vs one update per chunk).  About 100 s on 2 cores; ``--quick``
 takes fewer rounds (about 45 s).  Machines are noisy: read the ratios, and run again before
 trusting a single OVER (the loop-overhead ratio moves by +-10 % on a shared, loaded machine).
 
@@ -41,6 +43,8 @@ import cards_50  # noqa: E402
 import load_ext  # noqa: E402
 import loop_overhead  # noqa: E402
 import mcp_overhead  # noqa: E402
+import stream_latency  # noqa: E402
+import stream_overhead  # noqa: E402
 from _table import Row, print_table  # noqa: E402
 
 #: What the baseline kernel needs (the module doc of approval_latency.py lists the same).
@@ -136,6 +140,8 @@ def main() -> int:
         ("cards_50", lambda: cards_50.rows(args.quick)),
         ("audit_overhead", lambda: audit_overhead.rows(args.quick)),
         ("mcp_overhead", lambda: mcp_overhead.rows(args.quick)),
+        ("stream_overhead", lambda: stream_overhead.rows(args.quick)),
+        ("stream_latency", lambda: stream_latency.rows(args.quick)),
     ]
     rows: list[Row] = []
     timings: list[str] = []

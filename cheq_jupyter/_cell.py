@@ -42,6 +42,8 @@ class CellPlan:
     request_timeout: float = 300.0
     #: ``--approve read-only``: approve calls whose MCP server claims they are read-only.
     approve_read_only: bool = False
+    stream: bool = True
+    reasoning_effort: str | None = None
 
 #: The ``--approve`` word that opts in to approving on an MCP server's read-only claim.
 READ_ONLY = "read-only"
@@ -213,6 +215,8 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
         wait=wait,
         request_timeout=float(request_timeout),
         approve_read_only=approve_read_only,
+        stream=getattr(args, "stream", True),
+        reasoning_effort=getattr(args, "reasoning_effort", None),
     )
 
 

@@ -218,6 +218,14 @@ def model_error(exc: Exception, timeout: float | None = None) -> ModelError:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _field_errors(detail: Any) -> str:
+    """A 422 ``detail`` list as ``field: problem; ...`` (its JSON when it has another shape)."""
+    if isinstance(detail, list) and detail and all(isinstance(e, dict) for e in detail):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in (e.get('loc') or [])[1:]) or 'request'}: {e.get('msg')}"
+            for e in detail
+        )
+    return json.dumps(detail)
 
 
 def to_model_error(exc: Exception) -> ModelError:
@@ -234,7 +242,7 @@ def to_model_error(exc: Exception) -> ModelError:
         parsed = body
     if isinstance(parsed, dict):
         detail = parsed.get("message", parsed.get("detail"))
-        message = detail if isinstance(detail, str) else json.dumps(detail)
+        message = detail if isinstance(detail, str) else _field_errors(detail)
     if not message:
         message = (str(exc).splitlines() or [type(exc).__name__])[0]
     hint = {

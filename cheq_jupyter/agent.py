@@ -13,12 +13,18 @@ is a single request with a strict ``json_schema`` response format and no tools, 
 the pydantic model (invalid output is sent back with the error and retried).
 
 The loop itself is written once, without I/O (:func:`_agent_steps` yields what it needs), and
-driven synchronously by :func:`run_agent` or asynchronously by :func:`arun_agent`.
+driven synchronously by :func:`run_agent` or asynchronously by :func:`arun_agent`.  Every
+model request goes through :func:`_call_model` / :func:`_acall_model`: streamed by default
+(the text and a reasoning model's thinking reach :class:`AgentEvents` as they arrive; the
+answer is assembled by :mod:`cheq_jupyter._stream` and validated only when the stream ends),
+or a plain request with ``stream=False``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import logging
 import time
@@ -29,8 +35,9 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from . import _history, _sdk
+from . import _history, _sdk, _stream
 from ._safe_text import redact
+from ._stream import DeltaKind, Reply, Usage, message_text
 from ._strictjson import json_copy, same_json
 from .approval import (
     ApprovalRequest,
@@ -42,6 +49,7 @@ from .approval import (
 )
 from .errors import (
     ConfigurationError,
+    ModelError,
     StructuredOutputError,
     ToolArgumentsError,
     ToolDefinitionError,
@@ -53,6 +61,7 @@ __all__ = [
     "AgentResult",
     "DecisionRecorder",
     "ToolCallRecord",
+    "Usage",
     "arun_agent",
     "run_agent",
     "strict_response_format",
@@ -65,6 +74,11 @@ Message = dict[str, Any]
 OutputT = TypeVar("OutputT", bound=BaseModel)
 CallStatus = Literal["ran", "failed", "not_approved", "invalid"]
 Phase = Literal["tools", "final", "structured"]
+StopReason = Literal["answer", "max_steps", "interrupted"]
+#: ``reasoning_effort`` values of the SDK (mistralai 2.x and later).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+#: What the conversation says when an interrupt left it ending with tool results.
+INTERRUPTED_NOTE = "(The user interrupted the run here; nothing more was done.)"
 
 
 @dataclass
@@ -99,8 +113,12 @@ class AgentResult(Generic[OutputT]):
     steps: int
     model: str
     run_id: str
-    stop_reason: Literal["answer", "max_steps"]
+    stop_reason: StopReason
     output: OutputT | None = None
+    #: Tokens of every model request of the run, summed.
+    usage: Usage = field(default_factory=Usage)
+    #: Tokens of each model request, in order (``steps_usage[i]`` is request ``i + 1``).
+    steps_usage: list[Usage] = field(default_factory=list)
 
     @property
     def decisions(self) -> list[Decision]:
@@ -124,8 +142,17 @@ class AgentEvents:
     def model_request(self, step: int, max_steps: int, phase: Phase) -> None:
         """A request to the model is about to be sent."""
 
+    def model_delta(self, kind: DeltaKind, text: str) -> None:
+        """A piece of the answer arrived while streaming (``kind``: text or thinking)."""
+
     def assistant_message(self, message: Message, step: int) -> None:
-        """The model answered (text and/or tool calls)."""
+        """The model answered (text and/or tool calls); for a stream, when it has ended."""
+
+    def model_usage(self, step: int, usage: Usage, total: Usage) -> None:
+        """A request's token usage (``total``: the run so far)."""
+
+    def interrupted(self, result: AgentResult[Any]) -> None:
+        """The run was interrupted; ``result`` holds a conversation valid for ``history``."""
 
     def decided(self, requests: Sequence[ApprovalRequest], decisions: Sequence[Decision]) -> None:
         """The approver decided every valid call of one turn."""
@@ -188,6 +215,12 @@ class _Spec:
     recorder: DecisionRecorder | None
     output_retries: int
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    reasoning_effort: str | None = None
+    # The run so far (the loop's own lists), for a partial result after an interrupt.
+    messages: list[Message] = field(default_factory=list)
+    records: list[ToolCallRecord] = field(default_factory=list)
+    steps_usage: list[Usage] = field(default_factory=list)
+    steps: int = 0
 
 
 _Op = _ModelCall | _Decide | _Invoke
@@ -266,6 +299,18 @@ def _history_message(message: Message, turn: Sequence[ToolCallRecord]) -> Messag
 
 def _tool_message(record: ToolCallRecord) -> Message:
     return _history.tool_message(record.id, record.name, record.result)
+def _ask(spec: _Spec, kwargs: dict[str, Any], step: int) -> Generator[_ModelCall, Any, Message]:
+    """One model request; returns the assistant message and keeps the request's usage."""
+    if spec.reasoning_effort is not None:
+        kwargs["reasoning_effort"] = spec.reasoning_effort
+    reply = yield _ModelCall(kwargs)
+    if not isinstance(reply, Reply):
+        reply = _stream.reply_from_response(reply)
+    spec.steps = step
+    usage = reply.usage or Usage()
+    spec.steps_usage.append(usage)
+    spec.events.model_usage(step, usage, sum(spec.steps_usage, Usage()))
+    return reply.message
 
 
 def _initial_messages(spec: _Spec) -> list[Message]:
@@ -320,6 +365,16 @@ def _prepare(
         annotations=dict(tool.annotations),
     )
     return record
+
+
+def _add_reason(turn: list[ToolCallRecord], message: Message) -> None:
+    """Put what the model wrote and reasoned in this turn on each of its approval requests."""
+    reason, reasoning = message_text(message).strip(), _stream.message_thinking(message).strip()
+    for record in turn:
+        if record.request is not None:
+            record.request = dataclasses.replace(
+                record.request, reason=reason, reasoning=reasoning
+            )
 
 
 def _decide(spec: _Spec, records: list[ToolCallRecord]) -> Generator[_Decide, Any, None]:
@@ -434,16 +489,20 @@ def _tool_loop(spec: _Spec, messages: list[Message], records: list[ToolCallRecor
     tool_specs = [t.to_mistral() for t in spec.tools.values()]
     for step in range(1, spec.max_steps + 1):
         spec.events.model_request(step, spec.max_steps, "tools")
-        message = yield _ModelCall(
-            {"model": spec.model, "messages": messages, "tools": tool_specs, "tool_choice": "auto"}
+        message = yield from _ask(
+            spec,
+            {"model": spec.model, "messages": messages, "tools": tool_specs, "tool_choice": "auto"},
+            step,
         )
         spec.events.assistant_message(message, step)
         calls = message.get("tool_calls") or []
         if not calls:
-            return str(message.get("content") or ""), step, True
+            messages.append(message)
+            return message_text(message), step, True
         turn = [_prepare(spec, step, call, call_id)
                 for call, call_id in zip(calls, _history.turn_ids(calls), strict=True)]
         messages.append(_history_message(message, turn))
+        _add_reason(turn, message)
         yield from _decide_and_close(spec, messages, turn)
         for record in turn:
             yield from _execute(spec, record)
@@ -479,11 +538,11 @@ def _structured(spec: _Spec, messages: list[Message], step: int) -> Generator[
     for _ in range(spec.output_retries + 1):
         step += 1
         spec.events.model_request(step, spec.max_steps, "structured")
-        message = yield _ModelCall(
-            {"model": spec.model, "messages": messages, "response_format": fmt}
+        message = yield from _ask(
+            spec, {"model": spec.model, "messages": messages, "response_format": fmt}, step
         )
         spec.events.assistant_message(message, step)
-        content = str(message.get("content") or "")
+        content = message_text(message)
         try:
             output = output_type.model_validate_json(content)
         except ValidationError as exc:
@@ -500,7 +559,7 @@ def _structured(spec: _Spec, messages: list[Message], step: int) -> Generator[
                 )}
             )
             continue
-        messages.append({"role": "assistant", "content": content})
+        messages.append(message)
         return output, content, step
     raise StructuredOutputError(
         f"The model's output failed to validate as {output_type.__name__} in "
@@ -509,36 +568,47 @@ def _structured(spec: _Spec, messages: list[Message], step: int) -> Generator[
     )
 
 
+def _result(spec: _Spec, text: str, steps: int, stop_reason: StopReason,
+            output: BaseModel | None = None) -> AgentResult[Any]:
+    return AgentResult(text, spec.messages, spec.records, steps, spec.model, spec.run_id,
+                       stop_reason, output, usage=sum(spec.steps_usage, Usage()),
+                       steps_usage=list(spec.steps_usage))
+
+
 def _agent_steps(spec: _Spec) -> _Step:
-    messages = _initial_messages(spec)
-    records: list[ToolCallRecord] = []
+    messages = spec.messages = _initial_messages(spec)
+    records = spec.records = []
     steps, answered, text = 0, True, ""
     if spec.tools:
         text, steps, answered = yield from _tool_loop(spec, messages, records)
-    stop_reason: Literal["answer", "max_steps"] = "answer" if answered else "max_steps"
+    stop_reason: StopReason = "answer" if answered else "max_steps"
     if spec.output_type is not None:
+        if answered and messages[-1].get("role") == "assistant":
+            messages.pop()  # phase 2 asks again, right after the last user or tool message
         output, text, steps = yield from _structured(spec, messages, steps)
-        return AgentResult(text, messages, records, steps, spec.model, spec.run_id,
-                           stop_reason, output)
+        return _result(spec, text, steps, stop_reason, output)
     if not answered:
         # Out of steps while the model still wanted tools: one last request in which it may not
         # call any, so the user gets an answer that says where it stopped.
         steps += 1
         spec.events.model_request(steps, spec.max_steps, "final")
         tool_specs = [t.to_mistral() for t in spec.tools.values()]
-        message = yield _ModelCall(
-            {"model": spec.model, "messages": messages, "tools": tool_specs, "tool_choice": "none"}
+        message = yield from _ask(
+            spec,
+            {"model": spec.model, "messages": messages, "tools": tool_specs, "tool_choice": "none"},
+            steps,
         )
         spec.events.assistant_message(message, steps)
-        text = str(message.get("content") or "")
+        text = message_text(message)
+        messages.append({k: v for k, v in message.items() if k != "tool_calls"})
     elif not spec.tools:
         steps = 1
         spec.events.model_request(steps, spec.max_steps, "final")
-        message = yield _ModelCall({"model": spec.model, "messages": messages})
+        message = yield from _ask(spec, {"model": spec.model, "messages": messages}, steps)
         spec.events.assistant_message(message, steps)
-        text = str(message.get("content") or "")
-    messages.append({"role": "assistant", "content": text})
-    return AgentResult(text, messages, records, steps, spec.model, spec.run_id, stop_reason)
+        text = message_text(message)
+        messages.append(message)
+    return _result(spec, text, steps, stop_reason)
 
 
 # -- drivers ----------------------------------------------------------------------------------
@@ -582,11 +652,6 @@ def _build_spec(
     )
 
 
-def _complete(client: Any, kwargs: dict[str, Any], timeout: float) -> Any:
-    """The one synchronous model request of every driver (blocking and no-wait)."""
-    return _sdk.chat_complete(client, kwargs, timeout)
-
-
 def _invoke(run: _Run, op: _Invoke) -> None:
     """Run one approved synchronous tool call and hand its outcome to the loop."""
     try:
@@ -595,10 +660,155 @@ def _invoke(run: _Run, op: _Invoke) -> None:
         run.tool_answered(error=exc)
 
 
+def _close_conversation(messages: list[Message], partial_text: str) -> None:
+    """Make ``messages`` a conversation the API accepts as history after an interrupt."""
+    if not messages:
+        return
+    last_call_turn = next(
+        (i for i in range(len(messages) - 1, -1, -1)
+         if messages[i].get("role") == "assistant" and messages[i].get("tool_calls")),
+        None,
+    )
+    if last_call_turn is not None:
+        answered = {m.get("tool_call_id") for m in messages[last_call_turn + 1:]
+                    if m.get("role") == "tool"}
+        for call in messages[last_call_turn]["tool_calls"]:
+            if call.get("id") not in answered:
+                messages.append({
+                    "role": "tool", "tool_call_id": call.get("id"),
+                    "name": (call.get("function") or {}).get("name"),
+                    "content": "Interrupted: the user stopped the run before this call's "
+                               "result came back, so it may not have run or finished.",
+                })
+    if partial_text:
+        messages.append({"role": "assistant", "content": partial_text})
+    elif messages[-1].get("role") == "tool":
+        messages.append({"role": "assistant", "content": INTERRUPTED_NOTE})
+
+
+def _call_model(
+    client: Any, kwargs: dict[str, Any], events: AgentEvents, *, stream: bool = True,
+    timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
+) -> Reply:
+    """Send one chat request and return the whole answer (the one place the loop calls the SDK).
+
+    Streaming: pieces reach ``events.model_delta`` as they arrive; the HTTP response is closed
+    when the stream ends, fails or is interrupted (then :class:`~cheq_jupyter._stream.
+    StreamInterrupted` carries what had arrived).  A server that answers ``stream: true`` with
+    a plain JSON completion is understood too.
+    """
+    if not stream:
+        return _stream.reply_from_response(_sdk.chat_complete(client, kwargs, timeout))
+    assembler = _stream.Assembler(_shown_safely(events))
+    try:
+        sse = client.chat.stream(**kwargs, **_sdk.request_options(client, timeout))
+    except Exception as exc:
+        reply = _stream.reply_from_unstreamed(exc)
+        if reply is None:
+            raise _sdk.model_error(exc, timeout) from None
+        _replay(reply, events)
+        return reply
+    try:
+        with sse:
+            for event in sse:
+                assembler.feed(event.data)
+    except KeyboardInterrupt as exc:
+        raise _stream.StreamInterrupted(assembler.partial()) from exc
+    except Exception as exc:
+        raise _sdk.model_error(exc, timeout) from None
+    return _finished(assembler)
+
+
+async def _acall_model(
+    client: Any, kwargs: dict[str, Any], events: AgentEvents, *, stream: bool = True,
+    timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
+) -> Reply:
+    """The async twin of :func:`_call_model` (``chat.stream_async``)."""
+    if not stream:
+        return _stream.reply_from_response(
+            await _sdk.chat_complete_async(client, kwargs, timeout)
+        )
+    assembler = _stream.Assembler(_shown_safely(events))
+    try:
+        sse = await client.chat.stream_async(
+            **kwargs, **_sdk.request_options(client, timeout)
+        )
+    except Exception as exc:
+        reply = _stream.reply_from_unstreamed(exc)
+        if reply is None:
+            raise _sdk.model_error(exc, timeout) from None
+        _replay(reply, events)
+        return reply
+    try:
+        async with sse:
+            async for event in sse:
+                assembler.feed(event.data)
+    except KeyboardInterrupt as exc:
+        raise _stream.StreamInterrupted(assembler.partial()) from exc
+    except Exception as exc:
+        raise _sdk.model_error(exc, timeout) from None
+    return _finished(assembler)
+
+
+def _shown_safely(events: AgentEvents) -> _stream.DeltaHook:
+    """``events.model_delta``; a display that fails is logged, and the stream goes on (an
+    interrupt still stops it)."""
+
+    failed: list[bool] = []
+
+    def show(kind: DeltaKind, text: str) -> None:
+        try:
+            events.model_delta(kind, text)
+        except Exception:
+            if not failed:  # once per request, not once per chunk
+                failed.append(True)
+                log.exception("showing the streamed %s failed", kind)
+
+    return show
+
+
+def _finished(assembler: _stream.Assembler) -> Reply:
+    """The assembled answer; a stream that ended without a finish reason was cut short."""
+    if assembler.finish_reason is None:
+        raise ModelError(
+            f"The model's answer stream ended after {assembler.chunks} chunk(s) "
+            "without finishing; nothing of it was used, run the cell again."
+        )
+    return assembler.reply()
+
+
+def _replay(reply: Reply, events: AgentEvents) -> None:
+    """An answer that came whole is shown like a stream of one piece each."""
+    if reply.thinking:
+        events.model_delta("thinking", reply.thinking)
+    if reply.text:
+        events.model_delta("text", reply.text)
+
+
+def _check_reasoning_effort(client: Any, effort: str | None, stream: bool) -> None:
+    if effort is None:
+        return
+    if effort not in REASONING_EFFORTS:  # the SDK would silently drop an unknown value
+        raise ConfigurationError(
+            f"reasoning_effort is {effort!r}; use one of {', '.join(REASONING_EFFORTS)}."
+        )
+    method = client.chat.stream if stream else client.chat.complete
+    try:
+        accepted = "reasoning_effort" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        accepted = True
+    if not accepted:
+        raise ConfigurationError(
+            "reasoning_effort needs mistralai 2.0 or later (this mistralai has no such "
+            "option); upgrade with `pip install -U mistralai`, or leave reasoning_effort out."
+        )
+
+
 class _Run:
     """Drives :func:`_agent_steps`: hands out its requests and takes the answers back."""
 
     def __init__(self, spec: _Spec) -> None:
+        self._spec = spec
         self._steps = _agent_steps(spec)
         self._answer: Any = None
         self._raise: BaseException | None = None
@@ -629,13 +839,32 @@ class _Run:
         self._raise = exc
 
     def model_answered(self, response: Any) -> None:
-        self._answer = _sdk.message_to_dict(response)[0]
+        """The model's answer: a :class:`~cheq_jupyter._stream.Reply`, or a whole completion."""
+        self._answer = response
 
     def tool_answered(self, value: Any = None, error: Exception | None = None) -> None:
         self._answer = _Outcome(value=value, error=error)
 
     def close(self) -> None:
         self._steps.close()
+
+    def interrupted(self, exc: KeyboardInterrupt) -> AgentResult[Any]:
+        """Close the conversation after an interrupt so it is valid to continue, and tell the
+        events: the streamed text so far is kept as the assistant's (partial) answer, calls
+        nobody answered get a "did not run" result, and tool results are not left last."""
+        spec = self._spec
+        messages = spec.messages
+        partial = exc.partial if isinstance(exc, _stream.StreamInterrupted) else None
+        if partial is not None and partial.usage is not None:
+            spec.steps_usage.append(partial.usage)
+        _close_conversation(messages, partial.text if partial is not None else "")
+        text = partial.text if partial is not None else ""
+        result = _result(spec, text, spec.steps, "interrupted")
+        try:
+            spec.events.interrupted(result)
+        except Exception:
+            log.exception("the interrupted() event hook failed")
+        return result
 
 
 def run_agent(
@@ -653,6 +882,8 @@ def run_agent(
     recorder: DecisionRecorder | None = None,
     output_retries: int = 2,
     request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
+    stream: bool = True,
+    reasoning_effort: str | None = None,
 ) -> AgentResult[OutputT]:
     """Run the model with ``tools``, asking ``approver`` before every tool call.
 
@@ -662,25 +893,39 @@ def run_agent(
     records every decision before any tool runs.  Without ``client`` one is built from
     ``MISTRAL_API_KEY`` and ``MISTRAL_SERVER_URL``.  ``request_timeout`` bounds every model
     request (seconds); a request that takes longer raises :class:`ModelError`.
+
+    Requests stream (``events`` sees the text as it arrives); ``stream=False`` sends plain
+    requests.  ``reasoning_effort`` (none, minimal, low, medium, high, xhigh, max) is passed to
+    every request of a reasoning model.  ``result.usage`` sums the tokens of every request.
+    On an interrupt, ``events.interrupted(partial_result)`` gets a conversation that is valid
+    to continue, then ``KeyboardInterrupt`` propagates.
     """
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries)
+    spec.reasoning_effort = reasoning_effort
     for t in spec.tools.values():
         if t.is_async:
             raise ToolDefinitionError(
                 f"Tool {t.name} is async; use `await arun_agent(...)` to run async tools."
             )
     client = client if client is not None else _sdk.client_from_env()
+    _check_reasoning_effort(client, reasoning_effort, stream)
     run = _Run(spec)
     try:
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
-                run.model_answered(_complete(client, op.kwargs, timeout))
+                run.model_answered(_call_model(client, op.kwargs, spec.events, stream=stream,
+                                               timeout=timeout))
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:
                 _invoke(run, op)
+    except KeyboardInterrupt as exc:
+        run.interrupted(exc)
+        if isinstance(exc, _stream.StreamInterrupted):
+            raise KeyboardInterrupt from None  # what the user pressed, not our wrapper
+        raise
     finally:
         run.close()
     return cast(AgentResult[OutputT], run.result)
@@ -701,6 +946,8 @@ async def arun_agent(
     recorder: DecisionRecorder | None = None,
     output_retries: int = 2,
     request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
+    stream: bool = True,
+    reasoning_effort: str | None = None,
 ) -> AgentResult[OutputT]:
     """The async twin of :func:`run_agent` (model requests and async tools are awaited).
 
@@ -709,12 +956,16 @@ async def arun_agent(
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries)
+    spec.reasoning_effort = reasoning_effort
     client = client if client is not None else _sdk.client_from_env()
+    _check_reasoning_effort(client, reasoning_effort, stream)
     run = _Run(spec)
     try:
         while (op := run.next_op()) is not None:
             if isinstance(op, _ModelCall):
-                run.model_answered(await _sdk.chat_complete_async(client, op.kwargs, timeout))
+                reply = await _acall_model(client, op.kwargs, spec.events, stream=stream,
+                                           timeout=timeout)
+                run.model_answered(reply)
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:
@@ -727,6 +978,11 @@ async def arun_agent(
                         run.tool_answered(await value if op.tool.is_async else value)
                 except Exception as exc:
                     run.tool_answered(error=exc)
+    except KeyboardInterrupt as exc:
+        run.interrupted(exc)
+        if isinstance(exc, _stream.StreamInterrupted):
+            raise KeyboardInterrupt from None  # what the user pressed, not our wrapper
+        raise
     finally:
         run.close()
     return cast(AgentResult[OutputT], run.result)

@@ -13,7 +13,9 @@ when there are several; the cell goes on when every card is decided.  Fail close
 ``timeout`` seconds (a countdown is shown) undecided calls are ``timed_out``; a kernel
 interrupt marks them ``cancelled`` and re-raises ``KeyboardInterrupt``.  Once decided, every
 control is disabled, a status line says what was decided, by whom and when, and a static HTML
-record stays in the output for notebooks opened without a kernel.
+record becomes the ``text/html`` fallback of the card's own output: a live notebook shows the
+card (once), a notebook opened without a kernel shows the record.  Above the calls, the card
+shows what the model wrote in that turn and its reasoning (collapsed), escaped.
 
 Arguments the model left out are shown with the values the tool's defaults give them,
 marked as defaults; edits are checked with ``request.check``, the same validation as the call.
@@ -127,8 +129,26 @@ def diff_html(original: dict[str, Any], edited: dict[str, Any]) -> str:
 
 
 def why_html(request: ApprovalRequest) -> str:
-    """What the model said (and reasoned) in the turn that asked for this call, escaped."""
-    return ""
+    """What the model said (and reasoned) in the turn that asked for this call, escaped.
+
+    The text is plain (never Markdown or HTML); the reasoning is collapsed.
+    """
+    if not request.reason and not request.reasoning:
+        return ""
+    parts = ["<div class='cheq-why'>"]
+    if request.reason:
+        parts.append(
+            "<div><i>The model says:</i> "
+            f"<span style='white-space:pre-wrap'>{html.escape(request.reason)}</span></div>"
+        )
+    if request.reasoning:
+        parts.append(
+            "<details class='cheq-why-reasoning'><summary>The model's reasoning "
+            f"({len(request.reasoning):,} characters)</summary>"
+            f"<pre>{html.escape(request.reasoning)}</pre></details>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
 
 
 _CLAIMS = {
@@ -180,10 +200,13 @@ def args_html(request: ApprovalRequest, arguments_json: str) -> str:
     )
 
 
-def header_html(request: ApprovalRequest, arguments_json: str) -> str:
-    """The top of a card: the why, the tool and its origin, and the arguments."""
+def header_html(request: ApprovalRequest, arguments_json: str, *, why: bool = True) -> str:
+    """The top of a card: the why, the tool and its origin, and the arguments.
+
+    ``why=False`` leaves the why out (a turn of several calls shows it once, above them).
+    """
     return (
-        why_html(request)
+        (why_html(request) if why else "")
         + f"<b>{html.escape(request.action)}</b> — {html.escape(request.summary)}"
         + origin_html(request)
         + args_html(request, arguments_json)
@@ -211,7 +234,9 @@ class _Look:
 class _Card:
     """The widgets and the decision of one request.  Widgets change on the main thread only."""
 
-    def __init__(self, approver: WidgetApprover, request: ApprovalRequest, look: _Look) -> None:
+    def __init__(
+        self, approver: WidgetApprover, request: ApprovalRequest, look: _Look, *, why: bool = True
+    ) -> None:
         import ipywidgets as w
 
         self.approver = approver
@@ -222,7 +247,7 @@ class _Card:
         self.deadline: float | None = None
         self.source = ""
         self.original = request.arguments_json()
-        self.info = w.HTML(header_html(request, self.original), layout=look.plain,
+        self.info = w.HTML(header_html(request, self.original, why=why), layout=look.plain,
                            style=look.html)
         self.args = w.Textarea(
             self.original,
@@ -433,9 +458,14 @@ class WidgetApprover:
         self._cards: list[_Card] = []
         self._external: list[_Card] = []
         self._waker: _blocking.Waker | None = None
+        self._shown: set[str] = set()
 
     def __repr__(self) -> str:
         return f"WidgetApprover(timeout={self.timeout!r})"
+
+    def showed(self, request: ApprovalRequest) -> bool:
+        """Whether ``request`` was put on a card (which then shows its decision itself)."""
+        return request.tool_call_id in self._shown
 
     def __call__(self, request: ApprovalRequest) -> Decision:
         return self.decide_all([request])[0]
@@ -548,12 +578,13 @@ class WidgetApprover:
             self._turn_shown.notify_all()
         bundle = turn._repr_mimebundle_()
         names = ", ".join(r.action for r in requests)
-        bundle["text/plain"] = f"Approval card for {names} (the decisions are recorded below)."
+        bundle["text/plain"] = f"Approval card for {names} (waiting for a decision)."
         outcome = "interrupted"
+        handle: Any = None
         try:
             try:
                 tick(self.timeout)
-                display(bundle, raw=True)
+                handle = display(bundle, raw=True, display_id=True)
                 finished = _blocking.wait_for(done, timeout=self.timeout, waker=waker, on_tick=tick)
             finally:
                 self._close_turn()
@@ -578,7 +609,7 @@ class WidgetApprover:
             for control in group:
                 control.disabled = True
             countdown.value = html.escape(_OUTCOMES[outcome])
-            self._show_record(cards, display)
+            self._show_record(cards, display, bundle if handle is not None else None, handle)
         return [c.decision for c in cards if c.decision is not None]
 
     def _turn(self, requests: Sequence[ApprovalRequest]) -> tuple[
@@ -588,12 +619,17 @@ class WidgetApprover:
         import ipywidgets as w
 
         look = _Look()
-        cards = [_Card(self, r, look) for r in requests]
+        self._shown.update(r.tool_call_id for r in requests)
+        # The model's why is the same for every call of its turn: shown once, above them.
+        shared_why = len(requests) > 1 and len({(r.reason, r.reasoning) for r in requests}) == 1
+        cards = [_Card(self, r, look, why=not shared_why) for r in requests]
         countdown = w.HTML("", layout=look.plain, style=look.html,
                            _dom_classes=["cheq-countdown"])
         children: list[Any] = [
             w.HTML(_STYLE, layout=look.plain, style=look.html),
             countdown,
+            *([w.HTML(why_html(requests[0]), layout=look.plain, style=look.html)]
+              if shared_why and why_html(requests[0]) else []),
             *(c.box for c in cards),
         ]
         group: list[Any] = []
@@ -715,8 +751,15 @@ class WidgetApprover:
         self._take_external()
 
     @staticmethod
-    def _show_record(cards: Sequence[_Card], display: Callable[..., Any]) -> None:
-        """A static HTML record of the decisions, for the notebook saved without widgets."""
+    def _show_record(
+        cards: Sequence[_Card], display: Callable[..., Any],
+        bundle: dict[str, Any] | None = None, handle: Any = None,
+    ) -> None:
+        """A static HTML record of the decisions, for the notebook saved without widgets.
+
+        It becomes the ``text/html`` fallback of the card's own display (a frontend with the
+        widget shows the card, one without shows the record: the decision appears once).
+        """
         rows = "".join(c.record_html() for c in cards)
         record = (
             "<div class='cheq-record'><b>Approval record</b>"
@@ -726,4 +769,7 @@ class WidgetApprover:
             f"{c.request.action}: {c.decision.describe() if c.decision else 'undecided'}"
             for c in cards
         )
-        display({"text/html": record, "text/plain": text}, raw=True)
+        if handle is not None and bundle is not None:
+            handle.update({**bundle, "text/html": record, "text/plain": text}, raw=True)
+        else:
+            display({"text/html": record, "text/plain": text}, raw=True)

@@ -19,6 +19,8 @@ __all__ = ["MistralAgentMagics"]
 
 #: Approver names for ``--approver`` and the ``approver`` setting.
 APPROVERS = ("auto", "card", "console", "cheqpoint", "race", "policy", "replay")
+#: ``--reasoning-effort`` values (the SDK's; kept here so loading the magic stays cheap).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def _options(func: Any) -> Any:
@@ -54,6 +56,10 @@ def _options(func: Any) -> Any:
         argument("--no-wait", dest="no_wait", action="store_true",
                  help="End the cell once the cards show; the run goes on as you decide "
                       "(for VS Code, Colab). Default: the wait setting (auto)."),
+        argument("--no-stream", dest="stream", action="store_false",
+                 help="Send plain requests instead of streaming the model's answers."),
+        argument("--reasoning-effort", metavar="LEVEL", choices=REASONING_EFFORTS,
+                 help="Reasoning models: none, minimal, low, medium, high, xhigh or max."),
     ]
     for decorate in reversed(decorators):
         func = decorate(func)

@@ -34,7 +34,7 @@ from .agent import (
     AgentResult,
     DecisionRecorder,
     _build_spec,
-    _complete,
+    _call_model,
     _Decide,
     _invoke,
     _ModelCall,
@@ -256,6 +256,7 @@ class _Driver:
     handle: PendingRun
     on_result: Callable[[AgentResult[Any]], None]
     timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT
+    stream: bool = True
     _waiting_cards: list[Any] = field(default_factory=list)
 
     def advance(self) -> None:
@@ -263,7 +264,10 @@ class _Driver:
         try:
             while (op := self.run.next_op()) is not None:
                 if isinstance(op, _ModelCall):
-                    self.run.model_answered(_complete(self.client, op.kwargs, self.timeout))
+                    self.run.model_answered(_call_model(
+                        self.client, op.kwargs, self.events, stream=self.stream,
+                        timeout=self.timeout,
+                    ))
                 elif isinstance(op, _Decide):
                     if self._begin(op):
                         return
@@ -348,6 +352,8 @@ def start_run(
     output_retries: int = 2,
     bind: tuple[MutableMapping[str, Any], str] | None = None,
     request_timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT,
+    stream: bool = True,
+    reasoning_effort: str | None = None,
 ) -> PendingRun:
     """Start a run in no-wait mode and return its :class:`PendingRun` once cards are shown.
 
@@ -361,6 +367,7 @@ def start_run(
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, None, recorder, output_retries)
+    spec.reasoning_effort = reasoning_effort
     for t in spec.tools.values():
         if t.is_async:
             raise ToolDefinitionError(
@@ -381,7 +388,7 @@ def start_run(
     if bind is not None:
         bind[0][bind[1]] = handle
     display(view.box)  # type: ignore[no-untyped-call]
-    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result, timeout)
+    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result, timeout, stream)
     _LIVE[spec.run_id] = handle
     driver.advance()
     if handle._error is not None:  # failed before any card was shown: the cell says so

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from ._cell import CellPlan
 from .agent import AgentResult, run_agent
 from .approval import Approver, Policy
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ModelError
 
 __all__ = ["build_approver", "run_plan"]
 
@@ -62,6 +62,19 @@ def build_approver(plan: CellPlan) -> tuple[Approver, str]:
     return approver, _display_name(approver)
 
 
+def _card_of(approver: Any) -> Any:
+    """The card approver inside ``approver`` (behind a policy, or racing a remote), if any."""
+    from .card import WidgetApprover
+
+    for _ in range(8):  # policies and races nest a few levels at most
+        if isinstance(approver, WidgetApprover):
+            return approver
+        approver = getattr(approver, "ask", None) or getattr(approver, "card", None)
+        if approver is None:
+            return None
+    return None
+
+
 def _recorder(plan: CellPlan) -> Any:
     if not plan.audit_log:
         return None
@@ -70,8 +83,9 @@ def _recorder(plan: CellPlan) -> Any:
     return AuditLog(os.path.expanduser(plan.audit_log))
 
 
-def _card_of(approver: Approver) -> Any:
-    """The notebook card that answers for ``approver`` (behind a policy), if any."""
+def _asking_card(approver: Approver) -> Any:
+    """The notebook card that answers for ``approver`` (behind a policy), if any: the runs
+    whose wait mode can be chosen (a race with Cheqpoint always blocks)."""
     from .card import WidgetApprover
 
     while isinstance(approver, Policy) and approver.ask is not None:
@@ -102,29 +116,39 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
     try:
         client = _sdk.client_from_env()
         approver, name = build_approver(plan)
-        choice = choose_wait(plan.wait) if _card_of(approver) is not None else None
+        choice = choose_wait(plan.wait) if _asking_card(approver) is not None else None
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
+    card = _card_of(approver)
     if choice is not None:
         _show_mode(choice.notice(plan.out), choice.block)
         if not choice.block:
             _run_no_wait(plan, user_ns, client, approver, name)
             return None
-    events = NotebookEvents(approver_name=name)
-    result: AgentResult[Any] = run_agent(
-        plan.prompt,
-        tools=plan.tools,
-        approver=approver,
-        model=plan.model,
-        system=plan.system,
-        max_steps=plan.max_steps,
-        output_type=plan.output_type,
-        client=client,
-        history=plan.history,
-        events=events,
-        recorder=_recorder(plan),
-        request_timeout=plan.request_timeout,
-    )
+    events = NotebookEvents(approver_name=name, on_card=card.showed if card is not None else None)
+    try:
+        result: AgentResult[Any] = run_agent(
+            plan.prompt,
+            tools=plan.tools,
+            approver=approver,
+            model=plan.model,
+            system=plan.system,
+            max_steps=plan.max_steps,
+            output_type=plan.output_type,
+            client=client,
+            history=plan.history,
+            events=events,
+            recorder=_recorder(plan),
+            request_timeout=plan.request_timeout,
+            stream=plan.stream,
+            reasoning_effort=plan.reasoning_effort,
+        )
+    except KeyboardInterrupt:
+        if plan.out and events.partial_result is not None:
+            user_ns[plan.out] = events.partial_result  # valid for --continue
+        raise
+    except (ModelError, ConfigurationError) as exc:
+        raise UsageError(str(exc)) from None
     events.final(result)
     if plan.out:
         user_ns[plan.out] = result
@@ -138,6 +162,7 @@ def _run_no_wait(
     from .display import NotebookEvents
     from .nowait import start_run
 
+    card = _card_of(approver)
     start_run(
         plan.prompt,
         tools=plan.tools,
@@ -148,8 +173,12 @@ def _run_no_wait(
         max_steps=plan.max_steps,
         output_type=plan.output_type,
         history=plan.history,
-        events_factory=lambda show: NotebookEvents(approver_name=name, show=show),
+        events_factory=lambda show: NotebookEvents(
+            approver_name=name, show=show, on_card=card.showed if card is not None else None
+        ),
         recorder=_recorder(plan),
         bind=(user_ns, plan.out) if plan.out else None,
         request_timeout=plan.request_timeout,
+        stream=plan.stream,
+        reasoning_effort=plan.reasoning_effort,
     )

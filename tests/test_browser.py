@@ -41,12 +41,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _lab import (
@@ -156,6 +159,38 @@ def _run_setup_cells(lab: LabNotebook) -> None:
         expect(lab.outputs_of_type(SETUP_CELLS[0], STDOUT)).to_contain_text("offline demo model")
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+#: Records every text the streamed answer shows in a cell, as the DOM changes.
+WATCH_LIVE_TEXT = """cell => {
+  window.__cheqLive = [];
+  new MutationObserver(() => {
+    for (const pre of cell.querySelectorAll('.cheq-live pre')) {
+      const seen = window.__cheqLive;
+      if (seen[seen.length - 1] !== pre.textContent) seen.push(pre.textContent);
+    }
+  }).observe(cell, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def _saved_records(lab: LabNotebook, index: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Save the notebook (Ctrl+S) and return the saved outputs of cell ``index`` that carry
+    the static decision record (what a reader without a kernel sees)."""
+    lab.page.keyboard.press("Escape")
+    lab.page.keyboard.press("Control+s")
+    deadline = time.monotonic() + timeout
+    while True:
+        saved = lab.server.api("GET", f"/api/contents/{QUICKSTART.name}?content=1")
+        found = []
+        for output in saved["content"]["cells"][index].get("outputs", []):
+            page = output.get("data", {}).get("text/html", "")
+            if "cheq-record" in ("".join(page) if isinstance(page, list) else page):
+                found.append(output["data"])
+        if found or time.monotonic() > deadline:
+            return found
+        lab.page.wait_for_timeout(200)  # the save is asynchronous; poll the file
+
+
 def test_quickstart_edit_approve_then_reject_with_note(lab: LabNotebook) -> None:
     from playwright.sync_api import expect
 
@@ -211,6 +246,7 @@ def test_quickstart_edit_approve_then_reject_with_note(lab: LabNotebook) -> None
 
     with lab.stage("approving the edited call"):
         lab.page.set_viewport_size(size)
+        first.evaluate(WATCH_LIVE_TEXT)
         approve.click()
         status = card.locator(".cheq-status")
         expect(status).to_contain_text("edited and approved by card", timeout=10_000)
@@ -219,14 +255,26 @@ def test_quickstart_edit_approve_then_reject_with_note(lab: LabNotebook) -> None
         for control in ("cheq-approve", "cheq-reject", "cheq-edit"):
             expect(card.locator(f".{control}")).to_be_disabled()
         expect(card.locator(".cheq-args textarea")).to_be_disabled()
-        record = first.locator(".cheq-record")
-        expect(record).to_contain_text("Approval record")
-        expect(record).to_contain_text("edited and approved by card")
-        expect(record.locator("ins")).to_have_text(f'"{EDITED_EMAIL}"')
         answer = lab.outputs_of_type(FIRST_AGENT, MARKDOWN)  # the model's final answer
         expect(answer).to_have_count(1)
         expect(answer).to_contain_text(f"Account acct_1042 now uses {EDITED_EMAIL}")
         assert lab.errors(FIRST_AGENT) == []
+
+    with lab.stage("the answer grew while it streamed"):
+        grew = [t for t in first.evaluate("() => window.__cheqLive") if t]
+        assert len(grew) >= 2, f"the streamed answer was seen only as {grew!r}"
+        assert all(b.startswith(a) and len(b) > len(a)
+                   for a, b in itertools.pairwise(grew)), grew
+        assert len(grew[0]) < len(answer.inner_text())  # first seen before it was complete
+
+    with lab.stage("the decision is shown once, and kept for a reader without a kernel"):
+        expect(first.locator(".cheq-card")).to_have_count(1)
+        expect(first.locator(".cheq-record")).to_have_count(0)  # the live card shows it
+        (record,) = _saved_records(lab, FIRST_AGENT)
+        assert WIDGET_VIEW in record  # the record is the fallback of the card's own output
+        page = "".join(record["text/html"])
+        assert "Approval record" in page and "edited and approved by card" in page
+        assert f'<ins>&quot;{EDITED_EMAIL}&quot;</ins>' in page
 
     with lab.stage("printing the changes"):
         lab.run(SHOW_CHANGES)
@@ -252,8 +300,10 @@ def test_quickstart_edit_approve_then_reject_with_note(lab: LabNotebook) -> None
         expect(status2).to_contain_text("rejected by card", timeout=10_000)
         expect(status2).to_contain_text(NOTE)  # the note reached the kernel with the click
         lab.wait_done(SECOND_AGENT, timeout=CELL_TIMEOUT)
-        expect(second.locator(".cheq-record")).to_contain_text("rejected by card at")
-        expect(second.locator(".cheq-record")).to_contain_text(NOTE)
+        expect(second.locator(".cheq-record")).to_have_count(0)
+        (record,) = _saved_records(lab, SECOND_AGENT)
+        assert "rejected by card at" in "".join(record["text/html"])
+        assert NOTE in "".join(record["text/html"])
         answer = lab.outputs_of_type(SECOND_AGENT, MARKDOWN)
         expect(answer).to_have_count(1)
         expect(answer).to_contain_text(NOTE)  # the model explains, quoting the note
@@ -298,7 +348,7 @@ def test_quick_clicks_after_typing_use_every_keystroke_on_a_slow_connection(
         expect(card.locator(".cheq-status")).to_contain_text("edited and approved by card",
                                                              timeout=10_000)
         lab.wait_done(FIRST_AGENT, timeout=CELL_TIMEOUT)
-        expect(first.locator(".cheq-record ins")).to_have_text(f'"{typed}"')
+        expect(card.locator(".cheq-feedback ins")).to_have_text(f'"{typed}"')
 
     with lab.stage("printing the changes"):
         lab.run(SHOW_CHANGES)

@@ -510,10 +510,30 @@ def test_unknown_field_is_422_extra_forbidden_and_the_sdk_parses_it(
     assert refused.value.data.detail[0].loc == ["body", "max_completion_tokens"]
 
 
-def test_stream_is_not_implemented(weather_fake: FakeMistral) -> None:
-    status, body = _post(weather_fake, {"model": MODEL, "messages": [USER], "stream": True})
-    assert status == 501
-    assert "stream=true" in body["message"]
+def test_stream_true_is_answered_with_server_sent_events(weather_fake: FakeMistral) -> None:
+    request = urllib.request.Request(
+        weather_fake.url + "/v1/chat/completions",
+        data=json.dumps({"model": MODEL, "messages": [USER], "stream": True}).encode(),
+        method="POST",
+    )
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {weather_fake.api_key}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        kind = response.headers["Content-Type"]
+        raw = response.read().decode()
+    assert kind == "text/event-stream"
+    blocks = raw.split("\n\n")
+    assert blocks[-2:] == ["data: [DONE]", ""]
+    events = [json.loads(b.removeprefix("data: ")) for b in blocks[:-2]]
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [e["choices"][0]["finish_reason"] for e in events[:-1]] == [None] * (len(events) - 1)
+    last = events[-1]
+    assert last["choices"][0]["finish_reason"] == "stop"
+    assert set(last["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert "".join(e["choices"][0]["delta"]["content"] for e in events) == "It is sunny."
+    assert len(events) > 3  # word by word, not one delta
+    assert "usage" not in events[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -929,3 +949,58 @@ def test_cli_refuses_a_non_loopback_host() -> None:
     )
     assert done.returncode == 2
     assert "not a loopback address" in done.stderr
+
+
+def _stream_events(fake: FakeMistral, body: dict[str, Any]) -> tuple[int, str, list[Any]]:
+    """POST a stream request; (status, content type, decoded events or the JSON error)."""
+    request = urllib.request.Request(fake.url + "/v1/chat/completions",
+                                     data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {fake.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            kind, raw = response.headers["Content-Type"], response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], [json.loads(exc.read())]
+    blocks = [b.removeprefix("data: ") for b in raw.split("\n\n") if b]
+    return status, kind, [b if b == "[DONE]" else json.loads(b) for b in blocks]
+
+
+def test_a_refused_stream_request_is_a_plain_json_error_before_any_event() -> None:
+    with FakeMistral([text("never")]) as fake:
+        status, kind, (body,) = _stream_events(fake, {
+            "model": MODEL, "stream": True,
+            "messages": [USER, {"role": "assistant", "content": "hi"}],
+        })
+    assert (status, kind) == (400, "application/json")
+    assert body["code"] == "3230" and fake.remaining == 1
+
+
+def test_streamed_thinking_and_split_tool_calls_have_the_real_shapes() -> None:
+    script = [tool_call("get_weather", {"city": "Paris"}, thinking="Need the weather.",
+                        signature="sig_1")]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    with FakeMistral(script, split_arguments=3) as fake:
+        status, kind, events = _stream_events(
+            fake, {"model": MODEL, "stream": True, "messages": [USER], "tools": tools})
+    assert (status, kind, events[-1]) == (200, "text/event-stream", "[DONE]")
+    deltas = [e["choices"][0]["delta"] for e in events[:-1]]
+    thinking = [d["content"][0] for d in deltas if isinstance(d.get("content"), list)]
+    assert "".join(t["thinking"][0]["text"] for t in thinking) == "Need the weather."
+    assert [t.get("signature") for t in thinking][-1] == "sig_1"
+    assert all("signature" not in t for t in thinking[:-1])
+    calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    assert len(calls) == 3 and {c["index"] for c in calls} == {0}
+    assert calls[0]["function"]["name"] == "get_weather" and len(calls[0]["id"]) == 9
+    assert json.loads("".join(c["function"]["arguments"] for c in calls)) == {"city": "Paris"}
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls" and "usage" in events[-2]
+
+
+def test_the_proxy_mode_answers_stream_requests_with_plain_json() -> None:
+    with FakeMistral([text("plain")], streaming=False) as fake:
+        status, kind, (body,) = _stream_events(
+            fake, {"model": MODEL, "stream": True, "messages": [USER]})
+    assert (status, kind) == (200, "application/json")
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == "plain"

@@ -205,3 +205,28 @@ def test_load_ext_does_not_import_the_sdk_or_widgets() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_stream_sends_plain_requests_and_streaming_is_the_default(
+    shell: InteractiveShell, offline: Any
+) -> None:
+    fake = offline([text("one"), text("two")])
+    shell.run_cell("%%mistral_agent --approver policy\nFirst")
+    shell.run_cell("%%mistral_agent --approver policy --no-stream -o res\nSecond")
+    assert fake.requests[0]["stream"] is True
+    assert not fake.requests[1].get("stream")
+    assert shell.user_ns["res"].text == "two"
+
+
+def test_reasoning_effort_is_checked_and_a_refusal_is_one_line(
+    shell: InteractiveShell, offline: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = offline([text("never")])
+    bad = usage_error(shell, "%%mistral_agent --reasoning-effort extreme\nhi", capsys)
+    assert "invalid choice: 'extreme'" in bad
+    refused = usage_error(
+        shell, "%%mistral_agent --approver policy --reasoning-effort high\nhi", capsys)
+    # mistralai 3.x: the server's refusal; 1.x cannot send the field at all.
+    assert ("does not support reasoning_effort" in refused
+            or "mistralai 2.0 or later" in refused), refused
+    assert fake.remaining == 1

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from ._fake_mistral import FakeMistral
-from .scenarios import demo_responder
+from .scenarios import DEMO_CHUNK_PAUSE, demo_responder
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    with FakeMistral(demo_responder, api_key=args.api_key, host=args.host, port=args.port) as fake:
+    with FakeMistral(demo_responder, api_key=args.api_key, host=args.host, port=args.port,
+                     chunk_pause=DEMO_CHUNK_PAUSE) as fake:
         print(f"export MISTRAL_SERVER_URL={shlex.quote(fake.url)}")
         if args.api_key is None:
             print(f"export MISTRAL_API_KEY={shlex.quote(fake.api_key)}")

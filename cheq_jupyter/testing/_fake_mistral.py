@@ -39,9 +39,21 @@ Problems with the *script* rather than the request (script exhausted, a scripted
 when ``tool_choice`` is ``"none"`` or no tools were offered, text when a tool call is required,
 a responder that raised) are answered with HTTP 500 and a body whose message starts with
 ``FakeMistral script error`` and are recorded in :attr:`FakeMistral.script_errors`;
-:meth:`FakeMistral.check` raises them. ``stream: true`` is answered with 501 (not implemented).
+:meth:`FakeMistral.check` raises them.
 A scripted call may name a tool that was not offered: real models do that, and the caller
 has to cope.
+
+``stream: true`` is validated exactly like a plain request (refusals are plain JSON errors,
+sent before any event) and answered as ``text/event-stream`` the way the real API streams:
+``data: {chat.completion.chunk}`` events (the role in the first delta, then thinking chunks
+when the turn has thinking, content deltas, tool-call deltas with their ``index``, and
+``finish_reason`` with ``usage`` in the last chunk), then ``data: [DONE]``.  Tests tune it
+with ``chunk_pause`` (seconds between events), ``split_arguments`` (a tool call's
+``arguments`` over that many deltas) and :meth:`FakeMistral.hold` (stop after N events until
+the test releases them); ``streaming=False`` makes the fake a proxy that answers
+``stream: true`` with a plain JSON completion.  ``reasoning_effort`` is accepted only for the
+models in ``reasoning_models`` (others get a 400, as the real API refuses it; the message
+text is chosen here).
 """
 
 from __future__ import annotations
@@ -63,13 +75,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeAlias
 
 from .._sdk import mistral_class
-from ._turns import HttpErrorTurn, TextTurn, ToolCallsTurn, Turn, new_tool_call_id
+from ._turns import (
+    HttpErrorTurn,
+    RawStreamTurn,
+    TextTurn,
+    ToolCallsTurn,
+    Turn,
+    new_tool_call_id,
+)
+
+#: The values mistralai 3.x accepts for ``reasoning_effort``.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+#: Models the fake treats as reasoning models (``reasoning_effort`` accepted).
+DEFAULT_REASONING_MODELS = ("magistral-medium-latest", "magistral-small-latest")
 
 __all__ = [
     "CHAT_COMPLETIONS_PATH",
+    "REASONING_EFFORTS",
     "REQUEST_FIELDS",
     "FakeMistral",
     "FakeMistralScriptError",
+    "Hold",
     "Responder",
     "Script",
 ]
@@ -142,6 +168,13 @@ class _Answer(Exception):
     status: int
     body: JSONDict
     headers: tuple[tuple[str, str], ...] = field(default=())
+    events: list[JSONDict | str] | None = None
+
+
+#: Marks the events of a :class:`RawStreamTurn` (sent as given, no ``[DONE]`` added).
+_RAW = "\x00raw"
+#: Where ``_handle`` hands the handler the events of a streamed answer (never sent as JSON).
+_STREAM_KEY = "\x00stream-events"
 
 
 def _mistral_error(status: int, message: str, type_: str, code: str | None) -> _Answer:
@@ -186,10 +219,6 @@ def _invalid_message_order(message: str) -> _Answer:
 
 def _script_error(message: str) -> _Answer:
     return _mistral_error(500, message, "fake_mistral_script_error", None)
-
-
-def _not_implemented(message: str) -> _Answer:
-    return _mistral_error(501, message, "not_implemented", None)
 
 
 def _bad_id_message(value: Any) -> str:
@@ -261,6 +290,12 @@ def _check_schema(body: Any) -> None:
         errors.extend(_tools_schema_errors(tools))
     errors.extend(_tool_choice_schema_errors(body.get("tool_choice")))
     errors.extend(_response_format_schema_errors(body.get("response_format")))
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        allowed = ", ".join(f"'{e}'" for e in REASONING_EFFORTS)
+        errors.append(
+            _field_error("enum", ["reasoning_effort"], f"Input should be {allowed}", effort)
+        )
     if errors:
         raise _unprocessable(errors)
 
@@ -523,10 +558,6 @@ def _check_calls_answered(messages: list[JSONDict]) -> None:
 def _validate_chat_request(body: Any) -> None:
     """Raise ``_Answer`` for a request body the real API would refuse (after auth and JSON)."""
     _check_schema(body)
-    if body.get("stream"):
-        raise _not_implemented(
-            "FakeMistral does not implement stream=true; use chat.complete() in tests."
-        )
     tools = body.get("tools")
     _check_tools(tools)
     _check_response_format(body.get("response_format"), tools)
@@ -576,11 +607,17 @@ def _completion(body: JSONDict, turn: TextTurn | ToolCallsTurn) -> JSONDict:
             }
             for i, c in enumerate(turn.calls)
         ]
-        content, finish_reason = "", "tool_calls"
+        content, finish_reason = turn.content, "tool_calls"
     else:
         calls, content, finish_reason = None, turn.content, turn.finish_reason
     prompt_tokens = _estimate_tokens(body["messages"])
     completion_tokens = _estimate_tokens(content if calls is None else calls)
+    message_content: str | list[JSONDict] = content
+    if turn.thinking is not None:
+        completion_tokens += _estimate_tokens(turn.thinking)
+        message_content = [_think_chunk(turn.thinking, turn.signature)]
+        if content:
+            message_content.append({"type": "text", "text": content})
     return {
         "id": uuid.uuid4().hex,
         "object": "chat.completion",
@@ -594,11 +631,100 @@ def _completion(body: JSONDict, turn: TextTurn | ToolCallsTurn) -> JSONDict:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "tool_calls": calls},
+                "message": {
+                    "role": "assistant", "content": message_content, "tool_calls": calls
+                },
                 "finish_reason": finish_reason,
             }
         ],
     }
+
+
+def _think_chunk(thinking: str, signature: str | None, *, closed: bool = True) -> JSONDict:
+    chunk: JSONDict = {"type": "thinking", "thinking": [{"type": "text", "text": thinking}]}
+    if signature is not None:
+        chunk["signature"] = signature
+    chunk["closed"] = closed
+    return chunk
+
+
+_PIECE = re.compile(r"\S*\s*|\s+")
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut into word-sized deltas (each word with the spaces after it), in order."""
+    return [p for p in _PIECE.findall(text) if p]
+
+
+def _split(text: str, parts: int) -> list[str]:
+    """``text`` in ``parts`` consecutive slices of about equal length (at least one)."""
+    parts = max(1, min(parts, len(text)))
+    size = -(-len(text) // parts) if text else 0
+    return [text[i:i + size] for i in range(0, len(text), size)] if text else [""]
+
+
+def _stream_events(
+    completion: JSONDict, turn: TextTurn | ToolCallsTurn, split_arguments: int
+) -> list[JSONDict]:
+    """The ``chat.completion.chunk`` events that stream ``completion`` (the same answer)."""
+    base = {
+        "id": completion["id"], "object": "chat.completion.chunk",
+        "created": completion["created"], "model": completion["model"],
+    }
+    choice = completion["choices"][0]
+
+    def event(delta: JSONDict, finish: str | None = None, **extra: Any) -> JSONDict:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra}
+
+    events = [event({"role": "assistant", "content": ""})]
+    if turn.thinking is not None:
+        pieces = _pieces(turn.thinking) or [""]
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            events.append(event({"content": [_think_chunk(
+                piece, turn.signature if last else None, closed=last
+            )]}))
+    events.extend(event({"content": piece}) for piece in _pieces(turn.content))
+    for index, call_ in enumerate(choice["message"]["tool_calls"] or []):
+        function = call_["function"]
+        for j, piece in enumerate(_split(function["arguments"], split_arguments)):
+            delta_call: JSONDict = {
+                "function": {"name": function["name"] if j == 0 else "", "arguments": piece},
+                "index": index,
+            }
+            if j == 0:
+                delta_call = {"id": call_["id"], "type": "function", **delta_call}
+            events.append(event({"tool_calls": [delta_call]}))
+    events.append(event({"content": ""}, choice["finish_reason"], usage=completion["usage"]))
+    return events
+
+
+class Hold:
+    """Stops the next streamed answer after ``after`` events until :meth:`release`.
+
+    ``reached`` is set when the fake has sent those events and is holding the rest (so a test
+    can look at what the client shows "while the model is still writing").
+    """
+
+    def __init__(self, after: int, timeout: float) -> None:
+        self.after = after
+        self.timeout = timeout
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        """Let the fake send the rest of the stream."""
+        self._released.set()
+
+    def wait_reached(self, timeout: float = 30.0) -> None:
+        """Block until the fake holds the stream, or raise ``TimeoutError``."""
+        if not self.reached.wait(timeout):
+            raise TimeoutError(f"The fake did not reach event {self.after} within {timeout:g} s.")
+
+    def _hold(self) -> None:
+        self.reached.set()
+        self._released.wait(self.timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,13 +789,54 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Keep test output clean."""
 
+    def handle(self) -> None:
+        """A client that drops its keep-alive connection (as after a cut stream) is normal."""
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            super().handle()
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         status, body, headers = self.server.fake._handle(
             "POST", self.path, self.headers.get("Authorization"), raw
         )
-        self._send(status, body, headers)
+        events = body.pop(_STREAM_KEY, None)
+        if events is None:
+            self._send(status, body, headers)
+        else:
+            self._send_stream(events)
+
+    def _send_stream(self, events: list[JSONDict | str]) -> None:
+        """Server-sent events in HTTP/1.1 chunked encoding, one write (and pause) per event."""
+        fake = self.server.fake
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        hold, fake._hold_next = fake._hold_next, None
+        if events and events[-1] == _RAW:
+            payloads = [e if isinstance(e, str) else f"data: {json.dumps(e)}\n\n"
+                        for e in events[:-1]]
+        else:
+            payloads = [f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events]
+            payloads.append("data: [DONE]\n\n")
+        try:
+            for sent, payload in enumerate(payloads):
+                if sent and fake.chunk_pause:
+                    time.sleep(fake.chunk_pause)
+                if hold is not None and sent == hold.after:
+                    hold._hold()
+                data = payload.encode("utf-8")
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                if fake.on_event is not None:
+                    fake.on_event(sent, payload)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            with fake._cut:
+                fake.cut_streams += 1
+                fake._cut.notify_all()
+            self.close_connection = True
 
     def _reject_method(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -716,6 +883,11 @@ class FakeMistral:
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        streaming: bool = True,
+        chunk_pause: float = 0.0,
+        split_arguments: int = 1,
+        reasoning_models: Iterable[str] = DEFAULT_REASONING_MODELS,
+        on_event: Callable[[int, str], None] | None = None,
     ) -> None:
         if callable(script):
             self._responder: Responder | None = script
@@ -724,7 +896,7 @@ class FakeMistral:
             self._responder = None
             self._turns = list(script)
             for turn in self._turns:
-                if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn)):
+                if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn, RawStreamTurn)):
                     raise TypeError(
                         f"FakeMistral script items must be turns made by text(), tool_call(), "
                         f"tool_calls(), json_reply() or http_error(), not {type(turn).__name__}."
@@ -740,6 +912,19 @@ class FakeMistral:
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        #: ``False``: answer ``stream: true`` with plain JSON, like a proxy that cannot stream.
+        self.streaming = streaming
+        #: Seconds between two events of a streamed answer.
+        self.chunk_pause = chunk_pause
+        #: Each tool call's ``arguments`` go out over this many deltas (same ``index``).
+        self.split_arguments = split_arguments
+        self.reasoning_models = frozenset(reasoning_models)
+        #: Called from the server thread right after each event is written: ``(n, "data: ...")``.
+        self.on_event = on_event
+        #: Streams the client closed before their end (e.g. an interrupted cell).
+        self.cut_streams = 0
+        self._cut = threading.Condition()
+        self._hold_next: Hold | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -789,6 +974,35 @@ class FakeMistral:
         """A real ``mistralai`` ``Mistral`` client pointed at this fake (kwargs passed through)."""
         mistral = mistral_class()
         return mistral(api_key=self.api_key, server_url=self.url, **kwargs)
+
+    def hold(self, after: int, *, timeout: float = 60.0) -> Hold:
+        """Hold the next streamed answer after ``after`` events until ``.release()``.
+
+        Event 0 is the role delta, so ``hold(2)`` lets the role and the first word out.
+        ``timeout`` bounds the hold so a failed test cannot hang the server.
+        """
+        hold = Hold(after, timeout)
+        self._hold_next = hold
+        return hold
+
+    def wait_cut_streams(self, count: int, timeout: float = 30.0) -> None:
+        """Block until ``count`` streams were cut by the client, or raise ``TimeoutError``."""
+        with self._cut:
+            if not self._cut.wait_for(lambda: self.cut_streams >= count, timeout):
+                raise TimeoutError(
+                    f"{self.cut_streams} stream(s) were cut within {timeout:g} s, not {count}."
+                )
+
+    def usage_totals(self) -> dict[str, int]:
+        """``prompt_tokens``, ``completion_tokens`` and ``total_tokens`` summed over every
+        completion this fake answered (streamed or not)."""
+        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        with self._lock:
+            for status, body in self.responses:
+                usage = body.get("usage") if status == 200 else None
+                for key in totals:
+                    totals[key] += int((usage or {}).get(key, 0))
+        return totals
 
     @property
     def remaining(self) -> int | None:
@@ -840,6 +1054,7 @@ class FakeMistral:
             if not_json is not None:
                 raise not_json
             _validate_chat_request(body)
+            self._check_reasoning(body)
             answer = self._answer(body)
         except _Answer as refusal:
             answer = refusal
@@ -847,7 +1062,16 @@ class FakeMistral:
             with self._lock:
                 self.requests.append(body)
                 self.responses.append((answer.status, answer.body))
+        if answer.events is not None:
+            return answer.status, {**answer.body, _STREAM_KEY: answer.events}, answer.headers
         return answer.status, answer.body, answer.headers
+
+    def _check_reasoning(self, body: JSONDict) -> None:
+        if body.get("reasoning_effort") is not None and body["model"] not in self.reasoning_models:
+            raise _invalid_request(
+                f"Model {body['model']} does not support reasoning_effort; use a reasoning "
+                "model or leave reasoning_effort out."
+            )
 
     def _answer(self, body: JSONDict) -> _Answer:
         """Take the next turn (under the lock, so concurrent requests get distinct turns)."""
@@ -855,10 +1079,23 @@ class FakeMistral:
             turn = self._next_turn(body)
             if isinstance(turn, HttpErrorTurn):
                 return _Answer(turn.status, dict(turn.body), turn.headers)
+            if isinstance(turn, RawStreamTurn):
+                if not body.get("stream"):
+                    raise self._script_problem(
+                        "FakeMistral script error: raw_stream() answers stream=true requests "
+                        "only, and this request did not stream."
+                    )
+                return _Answer(200, {}, events=[*turn.items, _RAW])
             mismatch = _turn_mismatch(turn, body)
             if mismatch is not None:
                 raise self._script_problem(f"FakeMistral script error: {mismatch}")
-        return _Answer(200, _completion(body, turn))
+        completion = _completion(body, turn)
+        if body.get("stream") and self.streaming:
+            events: list[JSONDict | str] = [
+                *_stream_events(completion, turn, self.split_arguments)
+            ]
+            return _Answer(200, completion, events=events)
+        return _Answer(200, completion)
 
     def _script_problem(self, message: str) -> _Answer:
         """Record a script problem (caller holds the lock) and build its 500 answer."""
@@ -873,7 +1110,7 @@ class FakeMistral:
                 raise self._script_problem(
                     f"FakeMistral script error: the responder raised {exc!r}."
                 ) from exc
-            if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn)):
+            if not isinstance(turn, (TextTurn, ToolCallsTurn, HttpErrorTurn, RawStreamTurn)):
                 raise self._script_problem(
                     f"FakeMistral script error: the responder returned "
                     f"{type(turn).__name__}, not a turn."

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeAlias
 __all__ = [
     "FinishReason",
     "HttpErrorTurn",
+    "RawStreamTurn",
     "TextTurn",
     "ToolCallSpec",
     "ToolCallsTurn",
@@ -29,6 +30,7 @@ __all__ = [
     "http_error",
     "json_reply",
     "new_tool_call_id",
+    "raw_stream",
     "text",
     "tool_call",
     "tool_calls",
@@ -73,13 +75,23 @@ class TextTurn:
 
     content: str
     finish_reason: FinishReason = "stop"
+    #: A reasoning model's thinking before the text (sent as a ``thinking`` chunk).
+    thinking: str | None = None
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
 class ToolCallsTurn:
-    """The assistant asks for one or several (parallel) function calls."""
+    """The assistant asks for one or several (parallel) function calls.
+
+    ``content`` is text the model wrote in the same turn (Mistral usually sends ``""``), and
+    ``thinking`` a reasoning model's thinking before the calls.
+    """
 
     calls: tuple[ToolCallSpec, ...]
+    content: str = ""
+    thinking: str | None = None
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,21 +103,46 @@ class HttpErrorTurn:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Turn: TypeAlias = TextTurn | ToolCallsTurn | HttpErrorTurn
+@dataclass(frozen=True)
+class RawStreamTurn:
+    """A streamed answer sent exactly as given (for hostile-stream tests): each item is a
+    ``chat.completion.chunk`` dict sent as a ``data:`` event, or a str written verbatim.
+    Nothing is added (no ``[DONE]`` unless an item says so)."""
+
+    items: tuple[dict[str, Any] | str, ...]
 
 
-def text(content: str, finish_reason: FinishReason = "stop") -> TextTurn:
+Turn: TypeAlias = TextTurn | ToolCallsTurn | HttpErrorTurn | RawStreamTurn
+
+
+def text(
+    content: str,
+    finish_reason: FinishReason = "stop",
+    *,
+    thinking: str | None = None,
+    signature: str | None = None,
+) -> TextTurn:
     """An assistant text answer, e.g. ``text("It is sunny.")``.
 
     ``finish_reason`` may be ``"stop"`` (default), ``"length"``, ``"model_length"`` or
     ``"error"``, to test how the caller handles a truncated or failed generation.
+    ``thinking`` makes it a reasoning model's answer: a ``thinking`` chunk (with
+    ``signature``, default a fresh one) comes before the text.
     """
     if finish_reason not in _TEXT_FINISH_REASONS:
         raise ValueError(
             f"finish_reason {finish_reason!r} is not one Mistral sends with text; use one of "
             f"{sorted(_TEXT_FINISH_REASONS)} (tool calls get 'tool_calls' automatically)."
         )
-    return TextTurn(content=content, finish_reason=finish_reason)
+    return TextTurn(content=content, finish_reason=finish_reason, thinking=thinking,
+                    signature=_signature(thinking, signature))
+
+
+def _signature(thinking: str | None, signature: str | None) -> str | None:
+    """Reasoning models sign their thinking; the fake makes up an opaque signature."""
+    if thinking is None or signature is not None:
+        return signature
+    return "sig_" + secrets.token_hex(12)
 
 
 def call(name: str, arguments: dict[str, Any] | str, *, id: str | None = None) -> ToolCallSpec:
@@ -119,13 +156,28 @@ def call(name: str, arguments: dict[str, Any] | str, *, id: str | None = None) -
 
 
 def tool_call(
-    name: str, arguments: dict[str, Any] | str, *, id: str | None = None
+    name: str,
+    arguments: dict[str, Any] | str,
+    *,
+    id: str | None = None,
+    content: str = "",
+    thinking: str | None = None,
+    signature: str | None = None,
 ) -> ToolCallsTurn:
-    """An assistant turn calling one function: ``tool_call("get_weather", {"city": "Paris"})``."""
-    return ToolCallsTurn(calls=(call(name, arguments, id=id),))
+    """An assistant turn calling one function: ``tool_call("get_weather", {"city": "Paris"})``.
+
+    ``content`` and ``thinking`` are what the model wrote and reasoned in the same turn.
+    """
+    return ToolCallsTurn(calls=(call(name, arguments, id=id),), content=content,
+                         thinking=thinking, signature=_signature(thinking, signature))
 
 
-def tool_calls(*calls: ToolCallSpec) -> ToolCallsTurn:
+def tool_calls(
+    *calls: ToolCallSpec,
+    content: str = "",
+    thinking: str | None = None,
+    signature: str | None = None,
+) -> ToolCallsTurn:
     """An assistant turn with parallel calls: ``tool_calls(call("a", {}), call("b", {}))``."""
     if not calls:
         raise ValueError("tool_calls() needs at least one call(...); use text(...) for no calls.")
@@ -134,7 +186,8 @@ def tool_calls(*calls: ToolCallSpec) -> ToolCallsTurn:
             raise TypeError(
                 f"tool_calls() takes call(name, arguments) values, not {type(item).__name__}."
             )
-    return ToolCallsTurn(calls=tuple(calls))
+    return ToolCallsTurn(calls=tuple(calls), content=content, thinking=thinking,
+                         signature=_signature(thinking, signature))
 
 
 def json_reply(value: Any) -> TextTurn:
@@ -144,6 +197,11 @@ def json_reply(value: Any) -> TextTurn:
     """
     content = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return TextTurn(content=content, finish_reason="stop")
+
+
+def raw_stream(*items: dict[str, Any] | str) -> RawStreamTurn:
+    """Answer a ``stream: true`` request with exactly these events (see :class:`RawStreamTurn`)."""
+    return RawStreamTurn(items=tuple(items))
 
 
 def _default_error_body(status: int) -> dict[str, Any]:

@@ -976,6 +976,8 @@ def demo_responder(request: JSONDict) -> Turn:
 # Notebooks: use the demo model when there is no key.
 # --------------------------------------------------------------------------------------------
 
+#: Seconds between the streamed words of the offline demo model.
+DEMO_CHUNK_PAUSE = 0.012
 _offline_server: FakeMistral | None = None
 _offline_lock = threading.Lock()
 
@@ -996,7 +998,8 @@ def use_offline_model_unless_key() -> str | None:
         if current_key:
             return None
         if _offline_server is None:
-            _offline_server = FakeMistral(demo_responder).start()
+            # Word by word with a short pause, so offline notebooks look live.
+            _offline_server = FakeMistral(demo_responder, chunk_pause=DEMO_CHUNK_PAUSE).start()
         os.environ["MISTRAL_SERVER_URL"] = _offline_server.url
         os.environ["MISTRAL_API_KEY"] = _offline_server.api_key
         print(
