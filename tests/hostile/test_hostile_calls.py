@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from cheq_jupyter import Decision, Policy, approve_all, run_agent
 from cheq_jupyter.approval import ApprovalRequest
@@ -450,3 +450,27 @@ def test_a_tool_built_by_hand_also_shows_and_runs_with_its_defaults() -> None:
     assert asked.requests[0].details == {"to": "mallory", "amount": 1_000_000}
     assert asked.requests[0].defaulted == ("amount",)
     assert got == [{"to": "mallory", "amount": 1_000_000}]
+
+
+class Target(BaseModel):
+    account: str
+
+    @field_validator("account")
+    @classmethod
+    def known(cls, value: str) -> str:
+        return {"a1": "a1"}[value]  # KeyError for anything else: a user's bug
+
+
+def test_a_validator_that_breaks_on_hostile_input_refuses_the_call_and_the_run_goes_on() -> None:
+    ran: list[Any] = []
+
+    def pay(target: Target) -> str:
+        ran.append(target)
+        return "paid"
+
+    asked = Asked()
+    with FakeMistral([tool_call("pay", {"target": {"account": "zz"}}), text("ok")]) as fake:
+        result = run_agent("go", tools=[pay], approver=asked, client=fake.client())
+    assert ran == [] and asked.requests == []
+    assert "could not be checked (KeyError" in result.tool_calls[0].result
+    assert result.text == "ok"
