@@ -194,7 +194,7 @@ class Tool:
         if self.summary_template:
             try:
                 return self.summary_template.format(**arguments)
-            except (KeyError, IndexError, ValueError):
+            except Exception:  # the model's values need not fit the template: plain summary
                 pass
         shown = ", ".join(f"{k}={_short(v)}" for k, v in arguments.items())
         return f"{self.name}({shown})"

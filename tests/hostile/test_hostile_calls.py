@@ -474,3 +474,24 @@ def test_a_validator_that_breaks_on_hostile_input_refuses_the_call_and_the_run_g
     assert ran == [] and asked.requests == []
     assert "could not be checked (KeyError" in result.tool_calls[0].result
     assert result.text == "ok"
+
+
+@pytest.mark.parametrize("template", [
+    "Refund {amount:.2f} to {customer}", "Refund {customer.name}",
+    "Refund {customer!r:>{amount}}", "Refund {missing}", "Refund {0}", "Refund {customer[a]}",
+])
+def test_a_summary_template_the_model_values_do_not_fit_falls_back_to_the_plain_summary(
+    template: str,
+) -> None:
+    ran: list[Any] = []
+
+    def refund(customer: str, amount: Any) -> str:
+        ran.append((customer, amount))
+        return "ok"
+
+    asked = Asked()
+    made = tool(refund, summary=template)
+    with FakeMistral([tool_call("refund", {"customer": "c1", "amount": "x"}), text("ok")]) as fake:
+        run_agent("go", tools=[made], approver=asked, client=fake.client())
+    assert asked.requests[0].summary == 'refund(customer="c1", amount="x")'
+    assert ran == [("c1", "x")]
