@@ -495,3 +495,25 @@ def test_a_summary_template_the_model_values_do_not_fit_falls_back_to_the_plain_
         run_agent("go", tools=[made], approver=asked, client=fake.client())
     assert asked.requests[0].summary == 'refund(customer="c1", amount="x")'
     assert ran == [("c1", "x")]
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_the_console_refuses_every_edit_the_call_would_refuse(edit: Any) -> None:
+    ran: list[Any] = []
+
+    def book(when: dt.date, seats: int, vip: bool = False) -> str:
+        """Book seats."""
+        ran.append((when, seats, vip))
+        return "booked"
+
+    typed = json.dumps(edit)  # NaN and infinity are typed as NaN / Infinity
+    out = io.StringIO()
+    # Edit (refused), go back with an empty answer, then reject.
+    console = ConsoleApprover(stdin=io.StringIO(f"e\n{typed}\n\n\nr\n\n"), stdout=out)
+    with FakeMistral([tool_call("book", GOOD), text("not booked")]) as fake:
+        result = run_agent("go", tools=[book], approver=console, client=fake.client())
+    assert ran == []
+    decision = result.tool_calls[0].decision
+    assert decision is not None and decision.status == "rejected"
+    shown = out.getvalue()
+    assert "do not fit book" in shown or "not valid JSON" in shown
