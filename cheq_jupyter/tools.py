@@ -148,6 +148,15 @@ class Tool:
                 tool=self.name,
                 errors=["nested too deeply"],
             ) from None
+        except ToolArgumentsError:
+            raise
+        except Exception as exc:  # a validator of the user's own that breaks refuses the call
+            raise ToolArgumentsError(
+                f"The arguments for {self.name} could not be checked ({type(exc).__name__} in "
+                "a validator of the tool's types).",
+                tool=self.name,
+                errors=[f"the check failed ({type(exc).__name__})"],
+            ) from None
 
     def check(self, arguments: Any) -> list[str]:
         """Problems of ``arguments`` (``[]`` when valid): the same validation as the call."""
@@ -189,7 +198,7 @@ class Tool:
         if self.summary_template:
             try:
                 return self.summary_template.format(**arguments)
-            except (KeyError, IndexError, ValueError):
+            except Exception:  # the model's values need not fit the template: plain summary
                 pass
         shown = ", ".join(f"{k}={_short(v)}" for k, v in arguments.items())
         return f"{self.name}({shown})"

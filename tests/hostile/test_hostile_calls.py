@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from cheq_jupyter import Decision, Policy, approve_all, run_agent
 from cheq_jupyter.approval import ApprovalRequest
@@ -450,3 +450,70 @@ def test_a_tool_built_by_hand_also_shows_and_runs_with_its_defaults() -> None:
     assert asked.requests[0].details == {"to": "mallory", "amount": 1_000_000}
     assert asked.requests[0].defaulted == ("amount",)
     assert got == [{"to": "mallory", "amount": 1_000_000}]
+
+
+class Target(BaseModel):
+    account: str
+
+    @field_validator("account")
+    @classmethod
+    def known(cls, value: str) -> str:
+        return {"a1": "a1"}[value]  # KeyError for anything else: a user's bug
+
+
+def test_a_validator_that_breaks_on_hostile_input_refuses_the_call_and_the_run_goes_on() -> None:
+    ran: list[Any] = []
+
+    def pay(target: Target) -> str:
+        ran.append(target)
+        return "paid"
+
+    asked = Asked()
+    with FakeMistral([tool_call("pay", {"target": {"account": "zz"}}), text("ok")]) as fake:
+        result = run_agent("go", tools=[pay], approver=asked, client=fake.client())
+    assert ran == [] and asked.requests == []
+    assert "could not be checked (KeyError" in result.tool_calls[0].result
+    assert result.text == "ok"
+
+
+@pytest.mark.parametrize("template", [
+    "Refund {amount:.2f} to {customer}", "Refund {customer.name}",
+    "Refund {customer!r:>{amount}}", "Refund {missing}", "Refund {0}", "Refund {customer[a]}",
+])
+def test_a_summary_template_the_model_values_do_not_fit_falls_back_to_the_plain_summary(
+    template: str,
+) -> None:
+    ran: list[Any] = []
+
+    def refund(customer: str, amount: Any) -> str:
+        ran.append((customer, amount))
+        return "ok"
+
+    asked = Asked()
+    made = tool(refund, summary=template)
+    with FakeMistral([tool_call("refund", {"customer": "c1", "amount": "x"}), text("ok")]) as fake:
+        run_agent("go", tools=[made], approver=asked, client=fake.client())
+    assert asked.requests[0].summary == 'refund(customer="c1", amount="x")'
+    assert ran == [("c1", "x")]
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_the_console_refuses_every_edit_the_call_would_refuse(edit: Any) -> None:
+    ran: list[Any] = []
+
+    def book(when: dt.date, seats: int, vip: bool = False) -> str:
+        """Book seats."""
+        ran.append((when, seats, vip))
+        return "booked"
+
+    typed = json.dumps(edit)  # NaN and infinity are typed as NaN / Infinity
+    out = io.StringIO()
+    # Edit (refused), go back with an empty answer, then reject.
+    console = ConsoleApprover(stdin=io.StringIO(f"e\n{typed}\n\n\nr\n\n"), stdout=out)
+    with FakeMistral([tool_call("book", GOOD), text("not booked")]) as fake:
+        result = run_agent("go", tools=[book], approver=console, client=fake.client())
+    assert ran == []
+    decision = result.tool_calls[0].decision
+    assert decision is not None and decision.status == "rejected"
+    shown = out.getvalue()
+    assert "do not fit book" in shown or "not valid JSON" in shown
