@@ -269,7 +269,7 @@ def test_a_user_built_client_with_a_line_break_key_does_not_leak_it() -> None:
         assert piece not in str(info.value) and piece not in repr(info.value)
 
 
-@pytest.mark.parametrize("key", ["cq-live-0123456789abcdef", "cq-two pieces-0123456789"])
+@pytest.mark.parametrize("key", ["cq-live-0123456789abcdef", "cq_TEST_abcdefABCDEF0123"])
 def test_cheqpoint_echoing_its_key_never_shows_it(
     key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -291,6 +291,23 @@ def test_cheqpoint_echoing_its_key_never_shows_it(
     for piece in [key, *key.split()]:
         for surface in shown:
             assert piece not in surface, surface
+
+
+@pytest.mark.parametrize("key", ["cq-first-half-0123\nsecond-half", "cq-two pieces-0123456789"])
+@pytest.mark.parametrize("source", ["env", "argument"])
+def test_a_cheqpoint_key_with_a_line_break_is_refused_without_showing_it(
+    key: str, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("cheqpoint")
+    from cheq_jupyter.approvers.cheqpoint import CheqpointApprover
+
+    monkeypatch.setenv("CQ_API_KEY", key if source == "env" else "unused-but-valid-key")
+    with pytest.raises(ConfigurationError) as info:
+        CheqpointApprover(api_key=None if source == "env" else key,
+                          base_url="http://127.0.0.1:9")
+    assert "line break" in str(info.value)
+    for piece in key.split():
+        assert piece not in str(info.value)
 
 
 @pytest.mark.parametrize("var", ["MISTRAL_API_KEY", "CQ_API_KEY"])
