@@ -60,6 +60,38 @@ def stalling_endpoint() -> Iterator[str]:
         server.close()
 
 
+@contextlib.contextmanager
+def trickling_endpoint(every: float = 0.2) -> Iterator[str]:
+    """An endpoint that answers headers at once, then one byte of the body every ``every`` s:
+    no single read ever waits long, so only a limit on the whole request ends it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n{")
+            while not stop.wait(every):
+                conn.sendall(b" ")
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
 def closed_port_url() -> str:
     """A loopback URL on a port that refuses connections."""
     with socket.create_server(("127.0.0.1", 0)) as probe:
@@ -133,6 +165,12 @@ def test_a_stalled_endpoint_times_out_and_says_what_to_do(
     assert f"did not answer within {seconds:g} s" in message
     assert "request_timeout" in message and "--request-timeout" in message
     assert elapsed >= seconds * 0.9  # it really waited for the server, then gave up
+
+
+def test_a_trickling_answer_is_bounded_as_a_whole_by_the_async_driver() -> None:
+    with trickling_endpoint() as url:
+        exc, _ = _run_bounded(_async(url, request_timeout=1.0), 1.0 + PROMPT_FAILURE)
+    assert isinstance(exc, ModelError) and "did not answer within 1 s" in str(exc), exc
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
