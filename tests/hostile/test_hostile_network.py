@@ -457,3 +457,20 @@ def test_the_console_and_the_result_repr_do_not_show_the_key(
                              tool_call_id="abcdefghi"))
     assert key not in out.getvalue() and "[redacted]" in out.getvalue()
     assert key not in repr(AgentResult(f"the key is {key}", [], [], 1, "m", "r", "answer"))
+
+
+@pytest.mark.parametrize(
+    "logger", ["cheq_jupyter", "cheq_jupyter.card", "cheq_jupyter._blocking",
+               "cheq_jupyter.approvers.cheqpoint", "cheq_jupyter.audit"]
+)
+def test_no_package_logger_writes_the_key(
+    logger: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import cheq_jupyter  # noqa: F401 - installs the filters
+
+    key = "sk-logged-key-0123456789"
+    monkeypatch.setenv("CQ_API_KEY", key)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger(logger).warning("request failed with %s and \x1b]52;c;eA==\x07", key)
+    assert key not in caplog.text and "\x1b" not in caplog.text
+    assert "[redacted]" in caplog.text
