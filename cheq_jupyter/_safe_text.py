@@ -244,7 +244,10 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts keys from every record of the loggers it is put on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call; logging reports it itself, later
+            return True
         cleaned = safe_text(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
