@@ -127,12 +127,12 @@ _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 # written `JavaScript\:` (a Markdown escape).  Entities were already made inert by escaping `&`.
 _BAD_SCHEME = re.compile(r"(?i)(?<![a-z0-9+.\-])(javascript|vbscript|data)(?=\\?:)")
 # `![` starts an image (unless the `!` is backslash-escaped): it would load by itself.
+_IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!(?=\[)")
 # Code whose characters mean nothing to Markdown or HTML stays a Markdown code span as written.
 _INERT = re.compile(r"[^<>&!\[\]():\\`|]*")
 _ENTITY_LIKE = re.compile(r"&amp;(?=[#A-Za-z])")
 _BACKTICKS = re.compile(r"`+")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
-_IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!(?=\[)")
 
 
 def _entities(text: str) -> str:

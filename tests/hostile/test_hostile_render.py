@@ -129,6 +129,22 @@ LINKS = [
     "| a | b |\n|---|---|\n| [cell](javascript:alert(1)) | x |",
     "`code` [after code](javascript:alert(1))",
     "[`code` text](javascript:alert(1))",
+    "[click](javascript&#x3A;alert(1))",
+    "[click](javascript&colon;alert(1))",
+    "[click](jav\tascript:alert(1))",
+    "[click](  \tjavascript:alert(1))",
+    "[click]( <javascript:alert(1)> )",
+    "[click](javascript\n:alert(1))",
+    "[click](javascript:alert`1`)",
+    "`[x](`javascript:alert(1)`)`",
+    "[x]: javascript:alert(1)\n\n[x]",
+    "[x]: JaVaScRiPt:alert(1)\n[y]: vbscript:z\n\n[x] [y]",
+    "[^1]\n\n[^1]: javascript:alert(1)",
+    "<img src=\"javascript:alert(1)\">",
+    "![x](javascript:alert(1))",
+    "[click](\\javascript:alert(1))",
+    "[click](&#0106;&#0097;vascript:alert(1))",
+    "[click](&amp;#106;avascript:alert(1))",
 ]
 
 IMAGES = [
@@ -146,6 +162,11 @@ IMAGES = [
     "1. ![](https://attacker.example/px)",
     "![](data:image/png;base64,iVBORw0KGgo=)",
     "!\n[not an image](https://example.com)",
+    "![x][y]\n\n[y]: <https://attacker.example/px>",
+    "&#33;[entity bang](https://attacker.example/px)",
+    "![a](https://attacker.example/1) ![b](https://attacker.example/2)",
+    "*![emphasised](https://attacker.example/px)*",
+    "# ![heading](https://attacker.example/px)",
 ]
 
 RAW_HTML = [
