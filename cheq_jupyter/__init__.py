@@ -62,13 +62,29 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 
 def _redact_log_records() -> None:
-    """No log line of the package shows an API key (or a terminal control sequence)."""
+    """No log line of the package shows an API key (or a terminal control sequence).
+
+    A filter goes on the package's logger and on every module's ``getLogger(__name__)``
+    logger (found on disk, nothing imported), since a logger's filters apply only to records
+    made on that logger itself.
+    """
     import logging
+    import os
 
     from ._safe_text import RedactingFilter
 
-    for name in ("cheq_jupyter", "cheq_jupyter.card", "cheq_jupyter._blocking"):
-        logging.getLogger(name).addFilter(RedactingFilter())
+    root = os.path.dirname(os.path.abspath(__file__))
+    names = {__name__}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.isfile(os.path.join(folder, d, "__init__.py"))]
+        relative = os.path.relpath(folder, root)
+        package = __name__ if relative == "." else f"{__name__}.{relative.replace(os.sep, '.')}"
+        names.add(package)
+        names.update(f"{package}.{f[:-3]}" for f in files
+                     if f.endswith(".py") and f != "__init__.py")
+    redacting = RedactingFilter()
+    for name in sorted(names):
+        logging.getLogger(name).addFilter(redacting)
 
 
 _redact_log_records()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import bisect
 import html
 import logging
 import os
@@ -126,11 +127,12 @@ _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 # written `JavaScript\:` (a Markdown escape).  Entities were already made inert by escaping `&`.
 _BAD_SCHEME = re.compile(r"(?i)(?<![a-z0-9+.\-])(javascript|vbscript|data)(?=\\?:)")
 # `![` starts an image (unless the `!` is backslash-escaped): it would load by itself.
+_IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!(?=\[)")
 # Code whose characters mean nothing to Markdown or HTML stays a Markdown code span as written.
 _INERT = re.compile(r"[^<>&!\[\]():\\`|]*")
 _ENTITY_LIKE = re.compile(r"&amp;(?=[#A-Za-z])")
+_BACKTICKS = re.compile(r"`+")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
-_IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!(?=\[)")
 
 
 def _entities(text: str) -> str:
@@ -139,47 +141,46 @@ def _entities(text: str) -> str:
 
 
 def _prose(text: str) -> str:
-    """Markdown prose: raw HTML escaped, images made links, dangerous schemes broken."""
+    """Markdown prose: raw HTML escaped, images made links, dangerous schemes broken, and each
+    code span shown as written.  Linear in the text (no rescans on hostile backtick runs)."""
+    runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(text)]
+    starts_by_length: dict[int, list[int]] = {}
+    for begin, stop in runs:
+        starts_by_length.setdefault(stop - begin, []).append(begin)
+    blanks = [m.start() for m in _BLANK_LINE.finditer(text)]
     out: list[str] = []
-    i, n = 0, len(text)
-    start = 0
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n and text[i + 1] in _ASCII_PUNCT:
-            i += 2
+    pos = 0
+    for begin, stop in runs:
+        if begin < pos:
             continue
-        if c != "`":
-            i += 1
+        first = begin
+        while first > pos and text[first - 1] == "\\":
+            first -= 1
+        opener = begin + (begin - first) % 2  # a backslash-escaped backtick is not part of it
+        length = stop - opener
+        if length == 0:
             continue
-        j = i
-        while j < n and text[j] == "`":
-            j += 1
-        run = j - i
-        close = _closing_run(text, j, run)
+        close = _next_run(starts_by_length.get(length, []), stop, blanks)
         if close is None:
-            i = j
             continue
-        out.append(_plain_prose(text[start:i]))
-        content = text[j:close]
-        out.append(text[i:close + run] if _INERT.fullmatch(content) else _code_span(content))
-        i = start = close + run
-    out.append(_plain_prose(text[start:]))
+        out.append(_plain_prose(text[pos:opener]))
+        content = text[stop:close]
+        out.append(text[opener:close + length] if _INERT.fullmatch(content)
+                   else _code_span(content))
+        pos = close + length
+    out.append(_plain_prose(text[pos:]))
     return "".join(out)
 
 
-def _closing_run(text: str, start: int, run: int) -> int | None:
-    """Where the next backtick run of exactly ``run`` characters starts (same paragraph)."""
-    pos = start
-    while True:
-        k = text.find("`", pos)
-        if k < 0 or _BLANK_LINE.search(text, start, k):
-            return None
-        m = k
-        while m < len(text) and text[m] == "`":
-            m += 1
-        if m - k == run:
-            return k
-        pos = m
+def _next_run(starts: list[int], after: int, blanks: list[int]) -> int | None:
+    """The first run start in ``starts`` at or after ``after``, before the next blank line."""
+    k = bisect.bisect_left(starts, after)
+    if k == len(starts):
+        return None
+    b = bisect.bisect_left(blanks, after)
+    if b < len(blanks) and blanks[b] < starts[k]:
+        return None
+    return starts[k]
 
 
 def _code_span(content: str) -> str:
@@ -243,7 +244,10 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts keys from every record of the loggers it is put on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call; logging reports it itself, later
+            return True
         cleaned = safe_text(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None

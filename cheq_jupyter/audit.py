@@ -279,8 +279,8 @@ def _content_hash(data: Mapping[str, Any]) -> str:
 def _build(
     request: ApprovalRequest, decision: Decision, response_time: float | None, prev: str,
     key: bytes,
-) -> dict[str, Any]:
-    """The record as written (its canonical JSON is the line), hash and MAC included."""
+) -> tuple[dict[str, Any], str]:
+    """The record (hash and MAC included) and its line (JSON, without the newline)."""
     # Normalise through JSON so the record holds exactly what a reader will load back.
     arguments_json = canonical_json(dict(request.details))
     arguments = json.loads(arguments_json)
@@ -312,9 +312,12 @@ def _build(
         "prev_hash": prev,
         "key_id": _key_id(key),
     }
-    body["hash"] = _content_hash(body)
+    unsigned = canonical_json(body)  # = what _content_hash hashes: no hash, no mac yet
+    body["hash"] = _sha256(unsigned)
     body["mac"] = _mac(key, body["hash"])
-    return body
+    # The line is that JSON with hash and mac added at the end (readers do not care about
+    # key order), which saves encoding the whole record a second time.
+    return body, f'{unsigned[:-1]},"hash":"{body["hash"]}","mac":"{body["mac"]}"}}'
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -394,8 +397,8 @@ class AuditLog:
                     if self._key is None:
                         self._key = _audit_key(self._explicit_key)
                     size, prev, lines = self._read_tail(fd)
-                    body = _build(request, decision, response_time, prev, self._key)
-                    data = (canonical_json(body) + "\n").encode("utf-8")
+                    body, line = _build(request, decision, response_time, prev, self._key)
+                    data = (line + "\n").encode("utf-8")
                     _write_all(fd, data)
                     os.fsync(fd)
                     self._tail = (size + len(data), body["hash"], lines + 1)
@@ -541,7 +544,8 @@ def _check_reaches_head(
             f"The audit log {path} has {records} record(s) but no head file "
             f"({head_path(path).name}), so whether records were cut off its end cannot be "
             "checked: the head was deleted or moved, or the log was written by an older "
-            "cheq-jupyter; keep the head beside the log, or start a new log."
+            "cheq-jupyter; keep the head beside the log, or move the log aside (it stays "
+            "readable with audit.load(path, verify=False)) and start a new one."
         )
     if head.key_id != _key_id(key) or not hmac.compare_digest(
         head.mac, _head_mac(key, head.records, head.hash)

@@ -102,6 +102,11 @@ class CheqpointApprover:
                 f"No Cheqpoint API key: set the {API_KEY_VAR} environment variable or pass "
                 "CheqpointApprover(api_key=...)."
             )
+        if any(c.isspace() or ord(c) < 32 for c in key.strip()):
+            raise ConfigurationError(
+                f"The Cheqpoint API key ({API_KEY_VAR} or api_key=) has a space or a line break "
+                "inside it, so it cannot be sent in a header; set it to the key alone."
+            )
         url = (base_url or os.environ.get(BASE_URL_VAR, "").strip()
                or str(getattr(sdk.client, "DEFAULT_BASE_URL", "https://app.cheqpoint.co")))
         if not url.startswith(("http://", "https://")):

@@ -60,6 +60,38 @@ def stalling_endpoint() -> Iterator[str]:
         server.close()
 
 
+@contextlib.contextmanager
+def trickling_endpoint(every: float = 0.2) -> Iterator[str]:
+    """An endpoint that answers headers at once, then one byte of the body every ``every`` s:
+    no single read ever waits long, so only a limit on the whole request ends it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n{")
+            while not stop.wait(every):
+                conn.sendall(b" ")
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
 def closed_port_url() -> str:
     """A loopback URL on a port that refuses connections."""
     with socket.create_server(("127.0.0.1", 0)) as probe:
@@ -133,6 +165,12 @@ def test_a_stalled_endpoint_times_out_and_says_what_to_do(
     assert f"did not answer within {seconds:g} s" in message
     assert "request_timeout" in message and "--request-timeout" in message
     assert elapsed >= seconds * 0.9  # it really waited for the server, then gave up
+
+
+def test_a_trickling_answer_is_bounded_as_a_whole_by_the_async_driver() -> None:
+    with trickling_endpoint() as url:
+        exc, _ = _run_bounded(_async(url, request_timeout=1.0), 1.0 + PROMPT_FAILURE)
+    assert isinstance(exc, ModelError) and "did not answer within 1 s" in str(exc), exc
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -274,7 +312,7 @@ def test_a_user_built_client_with_a_line_break_key_does_not_leak_it() -> None:
         assert piece not in str(info.value) and piece not in repr(info.value)
 
 
-@pytest.mark.parametrize("key", ["cq-live-0123456789abcdef", "cq-two pieces-0123456789"])
+@pytest.mark.parametrize("key", ["cq-live-0123456789abcdef", "cq_TEST_abcdefABCDEF0123"])
 def test_cheqpoint_echoing_its_key_never_shows_it(
     key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -296,6 +334,23 @@ def test_cheqpoint_echoing_its_key_never_shows_it(
     for piece in [key, *key.split()]:
         for surface in shown:
             assert piece not in surface, surface
+
+
+@pytest.mark.parametrize("key", ["cq-first-half-0123\nsecond-half", "cq-two pieces-0123456789"])
+@pytest.mark.parametrize("source", ["env", "argument"])
+def test_a_cheqpoint_key_with_a_line_break_is_refused_without_showing_it(
+    key: str, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("cheqpoint")
+    from cheq_jupyter.approvers.cheqpoint import CheqpointApprover
+
+    monkeypatch.setenv("CQ_API_KEY", key if source == "env" else "unused-but-valid-key")
+    with pytest.raises(ConfigurationError) as info:
+        CheqpointApprover(api_key=None if source == "env" else key,
+                          base_url="http://127.0.0.1:9")
+    assert "line break" in str(info.value)
+    for piece in key.split():
+        assert piece not in str(info.value)
 
 
 @pytest.mark.parametrize("var", ["MISTRAL_API_KEY", "CQ_API_KEY"])
@@ -409,3 +464,20 @@ def test_the_console_and_the_result_repr_do_not_show_the_key(
                              tool_call_id="abcdefghi"))
     assert key not in out.getvalue() and "[redacted]" in out.getvalue()
     assert key not in repr(AgentResult(f"the key is {key}", [], [], 1, "m", "r", "answer"))
+
+
+@pytest.mark.parametrize(
+    "logger", ["cheq_jupyter", "cheq_jupyter.card", "cheq_jupyter._blocking",
+               "cheq_jupyter.approvers.cheqpoint", "cheq_jupyter.audit"]
+)
+def test_no_package_logger_writes_the_key(
+    logger: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import cheq_jupyter  # noqa: F401 - installs the filters
+
+    key = "sk-logged-key-0123456789"
+    monkeypatch.setenv("CQ_API_KEY", key)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger(logger).warning("request failed with %s and \x1b]52;c;eA==\x07", key)
+    assert key not in caplog.text and "\x1b" not in caplog.text
+    assert "[redacted]" in caplog.text

