@@ -160,6 +160,7 @@ class _Connection:
     """One running session.  Everything here runs on the MCP loop."""
 
     def __init__(self, opener: Opener, label: str) -> None:
+        self.pid = os.getpid()  # a forked child must start its own server
         self.opener = opener
         self.label = label
         self.session: Any = None
@@ -242,8 +243,12 @@ class _Connection:
         if not self.usable or self.task is None or self.task.done():
             raise McpServerError(f"The MCP server {self.label} is not running.")
         call = asyncio.ensure_future(self.session.call_tool(name, arguments))
-        done, _ = await asyncio.wait({call, self.task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({call, self.task}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller gave up (e.g. an interrupted cell)
+            call.cancel()
+            raise
         if call not in done:
             call.cancel()
             lost = self.task in done
@@ -272,7 +277,8 @@ class _Connection:
 
     @property
     def usable(self) -> bool:
-        return not self.closed and not self.stop.is_set() and self.session is not None
+        return (not self.closed and not self.stop.is_set() and self.session is not None
+                and self.pid == os.getpid())
 
     def close_soon(self) -> None:
         """Stop the server in the background (on the MCP loop); the next use starts anew."""
