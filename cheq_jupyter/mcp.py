@@ -405,7 +405,7 @@ def _result(raw: Mapping[str, Any], limit: int) -> McpResult:
     structured = raw.get("structuredContent")
     if not texts and structured is not None:
         texts.append(json.dumps(structured, ensure_ascii=False))
-    full = "\n".join(texts)
+    full = "\n".join(texts) if texts else "(the tool returned no content)"
     text, truncated = full, len(full) > limit
     if truncated:
         text = (f"{full[:limit]}\n[Truncated: the result has {len(full)} characters; only the "
@@ -681,7 +681,6 @@ class McpToolset:
         self._tools: list[McpTool] | None = None
         self._connection: _Connection | None = None
         self._lock = threading.Lock()
-        self._closed = False
         _toolsets.add(self)
 
     # -- state --------------------------------------------------------------------------------
@@ -706,7 +705,6 @@ class McpToolset:
 
             conn, info, listed = runtime.run(start(), self.timeout + 30)
             self._connection = conn
-            self._closed = False
             server = info.get("serverInfo") or {}
             self.server_info = {k: _clip(str(server.get(k, "")), 100)
                                 for k in ("name", "version")}
@@ -761,8 +759,7 @@ class McpToolset:
     def close(self) -> None:
         """Stop the server (a later use starts it again)."""
         conn, self._connection = self._connection, None
-        self._closed = True
-        if conn is not None and _runtime_instance is not None:
+        if conn is not None and conn.pid == os.getpid() and _runtime_instance is not None:
             with contextlib.suppress(Exception):
                 _runtime().run(conn.close(), 30)
 
