@@ -116,7 +116,7 @@ def resolve_tools(names: list[str], ns: Mapping[str, Any]) -> dict[str, Tool]:
     items: list[Any] = []
     for name in names:
         var, _, member = name.partition(".")
-        value = _lookup(ns, var, "a function or an MCP toolset to use as tools", "--tools")
+        value = _lookup(ns, var, "a function to use as a tool", "--tools")
         if hasattr(value, "cheq_tools") and not callable(value):
             items.extend(_toolset_tools(value, var, member))
             continue

@@ -160,6 +160,7 @@ class _Connection:
     """One running session.  Everything here runs on the MCP loop."""
 
     def __init__(self, opener: Opener, label: str) -> None:
+        self.pid = os.getpid()  # a forked child must start its own server
         self.opener = opener
         self.label = label
         self.session: Any = None
@@ -242,8 +243,12 @@ class _Connection:
         if not self.usable or self.task is None or self.task.done():
             raise McpServerError(f"The MCP server {self.label} is not running.")
         call = asyncio.ensure_future(self.session.call_tool(name, arguments))
-        done, _ = await asyncio.wait({call, self.task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({call, self.task}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller gave up (e.g. an interrupted cell)
+            call.cancel()
+            raise
         if call not in done:
             call.cancel()
             lost = self.task in done
@@ -272,7 +277,8 @@ class _Connection:
 
     @property
     def usable(self) -> bool:
-        return not self.closed and not self.stop.is_set() and self.session is not None
+        return (not self.closed and not self.stop.is_set() and self.session is not None
+                and self.pid == os.getpid())
 
     def close_soon(self) -> None:
         """Stop the server in the background (on the MCP loop); the next use starts anew."""
@@ -399,7 +405,7 @@ def _result(raw: Mapping[str, Any], limit: int) -> McpResult:
     structured = raw.get("structuredContent")
     if not texts and structured is not None:
         texts.append(json.dumps(structured, ensure_ascii=False))
-    full = "\n".join(texts)
+    full = "\n".join(texts) if texts else "(the tool returned no content)"
     text, truncated = full, len(full) > limit
     if truncated:
         text = (f"{full[:limit]}\n[Truncated: the result has {len(full)} characters; only the "
@@ -675,7 +681,6 @@ class McpToolset:
         self._tools: list[McpTool] | None = None
         self._connection: _Connection | None = None
         self._lock = threading.Lock()
-        self._closed = False
         _toolsets.add(self)
 
     # -- state --------------------------------------------------------------------------------
@@ -700,7 +705,6 @@ class McpToolset:
 
             conn, info, listed = runtime.run(start(), self.timeout + 30)
             self._connection = conn
-            self._closed = False
             server = info.get("serverInfo") or {}
             self.server_info = {k: _clip(str(server.get(k, "")), 100)
                                 for k in ("name", "version")}
@@ -755,8 +759,7 @@ class McpToolset:
     def close(self) -> None:
         """Stop the server (a later use starts it again)."""
         conn, self._connection = self._connection, None
-        self._closed = True
-        if conn is not None and _runtime_instance is not None:
+        if conn is not None and conn.pid == os.getpid() and _runtime_instance is not None:
             with contextlib.suppress(Exception):
                 _runtime().run(conn.close(), 30)
 

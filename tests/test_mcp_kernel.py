@@ -29,6 +29,7 @@ def setup_code(tmp: Path) -> str:
         "from cheq_jupyter import mcp\n"
         f"notes = mcp.stdio(sys.executable, {EDGE!r}, env={env!r})\n"
         f"NOTES = {env['NOTES']!r}\n"
+        f"CALLS = {env['CALL_LOG']!r}\n"
         "def stored():\n"
         "    try:\n"
         "        return json.load(open(NOTES))\n"
@@ -117,6 +118,23 @@ def test_line_magic_lists_the_connected_server_and_its_tools(kernel: KernelFront
     assert "MCP servers (annotations are the servers' own claims):" in listing
     assert "edge.py [stdio, connected]" in listing
     assert "read_notes()  (server claims: readOnly, idempotent)" in listing
+
+
+def test_interrupting_a_hanging_call_frees_the_cell_and_keeps_the_server(
+    kernel: KernelFrontend,
+) -> None:
+    log = Path(kernel.execute("print(CALLS)").stdout.strip())
+
+    def hanging() -> bool:
+        return log.exists() and '"hang"' in log.read_text()
+
+    running = kernel.execute_async("notes['hang'].function()")
+    kernel.wait_until(hanging, timeout=30, what="the hang call to reach the server")
+    kernel.interrupt()
+    result = running.wait(timeout=30)
+    assert result.status == "error" and result.error["ename"] == "KeyboardInterrupt"
+    after = kernel.execute("print(notes['read_notes'].function())")
+    assert after.status == "ok", after.error
 
 
 def test_the_server_stops_when_the_kernel_shuts_down(tmp_path: Path) -> None:

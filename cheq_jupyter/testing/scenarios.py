@@ -56,7 +56,7 @@ _READ_VERBS = {
     "status", "diff", "log",
 }  # fmt: skip
 # Leading words that name a tool's server or namespace (``git_status``), not its verb.
-_NAMESPACES = {"git", "fs", "file", "files", "db", "sql", "sqlite", "duckdb", "mcp", "repo"}
+_NAMESPACES = {"git", "fs", "db", "sql", "sqlite", "duckdb", "mcp", "repo"}
 # Words that mean the same action, mapped onto one canonical word.
 _SYNONYMS = {
     **dict.fromkeys(["update", "modify", "set", "switch", "replace", "edit", "alter"], "change"),

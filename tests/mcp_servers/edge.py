@@ -7,6 +7,7 @@ change.  Runs on mcp 1.x (FastMCP) and 2.x (MCPServer); ``--http PORT`` serves S
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -120,10 +121,10 @@ def crash() -> str:
 
 
 @server.tool()
-def hang() -> str:
-    """Never answers."""
+async def hang() -> str:
+    """Never answers (without blocking the server's other requests)."""
     _log("hang")
-    time.sleep(3600)
+    await asyncio.sleep(3600)
     return "late"
 
 
