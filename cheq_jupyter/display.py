@@ -112,7 +112,9 @@ def render_reasoning(thinking: str, *, done: bool) -> dict[str, str]:
 
 def render_live_text(text: str) -> dict[str, str]:
     """The answer while it streams: escaped text that grows in place."""
-    return {"text/html": f"<div class='cheq-live'>{_PRE}{html.escape(text)}</pre></div>",
+    # Prose, wrapped at spaces (JupyterLab breaks <pre> output text anywhere, mid-word).
+    return {"text/html": "<div class='cheq-live' style='white-space:pre-wrap;"
+                         f"word-break:normal;overflow-wrap:anywhere'>{html.escape(text)}</div>",
             "text/plain": text}
 
 
