@@ -291,7 +291,8 @@ class NotebookEvents(AgentEvents):
         for live in (self._thinking, self._text):
             if live is not None and live.pending:
                 live.show(live.render(live.text, done=True))
-        self._set_status("⊘ Interrupted: the model's answer stopped here and nothing more ran.")
+        self._set_status("⊘ Interrupted: the run stopped here and nothing more ran (with -o VAR, "
+                         "--continue VAR carries on from here).")
 
     def decided(self, requests: Sequence[ApprovalRequest], decisions: Sequence[Decision]) -> None:
         # A card shows its own decisions (and keeps a record); the others get a line each.
