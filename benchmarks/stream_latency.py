@@ -32,7 +32,7 @@ from cheq_jupyter.testing import FakeMistral, KernelFrontend, text  # noqa: E402
 
 TARGET_MS = 50.0
 ANSWER = " ".join(f"w{i}" for i in range(200))
-_PRE = re.compile(r"<pre[^>]*>(.*?)</pre>", re.S)
+_LIVE = re.compile(r"<div class='cheq-live'[^>]*>(.*?)</div>", re.S)
 
 
 def _shown_text(content: dict[str, Any]) -> str | None:
@@ -42,7 +42,7 @@ def _shown_text(content: dict[str, Any]) -> str | None:
     page = data.get("text/html", "")
     if "cheq-live" not in page:
         return None
-    match = _PRE.search(page)
+    match = _LIVE.search(page)
     return html.unescape(match.group(1)) if match else None
 
 

@@ -124,7 +124,9 @@ def render_reasoning(thinking: str, *, done: bool) -> dict[str, str]:
 
 def render_live_text(text: str) -> dict[str, str]:
     """The answer while it streams: escaped text that grows in place."""
-    return {"text/html": f"<div class='cheq-live'>{_PRE}{escape(text)}</pre></div>",
+    # Prose, wrapped at spaces (JupyterLab breaks <pre> output text anywhere, mid-word).
+    return {"text/html": "<div class='cheq-live' style='white-space:pre-wrap;"
+                         f"word-break:normal;overflow-wrap:anywhere'>{escape(text)}</div>",
             "text/plain": safe_text(text)}
 
 
@@ -309,7 +311,8 @@ class NotebookEvents(AgentEvents):
         for live in (self._thinking, self._text):
             if live is not None and live.pending:
                 live.show(live.render(live.text, done=True))
-        self._set_status("⊘ Interrupted: the model's answer stopped here and nothing more ran.")
+        self._set_status("⊘ Interrupted: the run stopped here and nothing more ran (with -o VAR, "
+                         "--continue VAR carries on from here).")
 
     def decided(self, requests: Sequence[ApprovalRequest], decisions: Sequence[Decision]) -> None:
         # A card shows its own decisions (and keeps a record); the others get a line each.

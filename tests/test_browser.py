@@ -161,13 +161,18 @@ def _run_setup_cells(lab: LabNotebook) -> None:
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
-#: Records every text the streamed answer shows in a cell, as the DOM changes.
+#: Records every text a streamed answer shows in a cell, as the DOM changes, with the position
+#: of its output (an update re-renders the output, so elements do not last; positions do).
 WATCH_LIVE_TEXT = """cell => {
   window.__cheqLive = [];
   new MutationObserver(() => {
-    for (const pre of cell.querySelectorAll('.cheq-live pre')) {
-      const seen = window.__cheqLive;
-      if (seen[seen.length - 1] !== pre.textContent) seen.push(pre.textContent);
+    const outputs = Array.from(cell.querySelectorAll('.jp-OutputArea-child'));
+    for (const live of cell.querySelectorAll('.cheq-live')) {
+      const at = outputs.findIndex(o => o.contains(live));
+      const seen = window.__cheqLive, last = seen[seen.length - 1];
+      if (!last || last[0] !== at || last[1] !== live.textContent) {
+        seen.push([at, live.textContent]);
+      }
     }
   }).observe(cell, {subtree: true, childList: true, characterData: true});
 }"""
@@ -261,7 +266,10 @@ def test_quickstart_edit_approve_then_reject_with_note(lab: LabNotebook) -> None
         assert lab.errors(FIRST_AGENT) == []
 
     with lab.stage("the answer grew while it streamed"):
-        grew = [t for t in first.evaluate("() => window.__cheqLive") if t]
+        seen = first.evaluate("() => window.__cheqLive")
+        assert seen, "no streamed text was seen"
+        answer_at = max(at for at, _ in seen)  # the answer is the last output that streamed
+        grew = [t for at, t in seen if at == answer_at and t]
         assert len(grew) >= 2, f"the streamed answer was seen only as {grew!r}"
         assert all(b.startswith(a) and len(b) > len(a)
                    for a, b in itertools.pairwise(grew)), grew

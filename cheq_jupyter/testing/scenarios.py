@@ -867,6 +867,15 @@ def _stop_answer(episode: _Episode, stopped: _Call, refused: bool) -> str:
     return "\n".join([*parts, _OFFLINE_NOTE])
 
 
+def _why(tool: _Tool, after_results: bool) -> str:
+    """What the demo model says when it asks for a call (shown on the approval card)."""
+    purpose = _first_sentence(tool.description, 120).rstrip(".") if tool.description else ""
+    source = "your request and the results so far" if after_results else "your request"
+    what = f" ({purpose[:1].lower() + purpose[1:]})" if purpose else ""
+    step = "look something up" if tool.reads else "make a change"
+    return f"Next I {step} with {tool.name}{what}, using values from {source}."
+
+
 def _agent_turn(request: JSONDict, tools: list[_Tool]) -> Turn:
     """The next step of the plan, or the final answer."""
     episode = _episode(request["messages"])
@@ -892,7 +901,8 @@ def _agent_turn(request: JSONDict, tools: list[_Tool]) -> Turn:
         for tool in plan[taken[-1] + 1 if taken else 0 :]:
             argument_sets, missing = _arguments(tool, ctx)
             if not missing:
-                return tool_calls(*(call(tool.name, a) for a in argument_sets))
+                return tool_calls(*(call(tool.name, a) for a in argument_sets),
+                                  content=_why(tool, bool(results)))
             if not tool.reads and not must_call:
                 return text(
                     f"To run {tool.name} I need {', '.join(missing)}, and I could not find "
