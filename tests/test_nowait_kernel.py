@@ -376,7 +376,7 @@ def test_wait_forced_on_a_kernel_the_card_cannot_block_on_fails_closed(tmp_path:
             result = kernel.execute(
                 "%%mistral_agent --wait -t change_email -o res --audit audit.jsonl\nChange it")
             assert result.status == "ok", result.error
-            tool_msg = [m for m in fake.requests[1]["messages"] if m["role"] == "tool"][0]
+            tool_msg = next(m for m in fake.requests[1]["messages"] if m["role"] == "tool")
         assert "approval was cancelled" in tool_msg["content"]
         assert "--no-wait" in tool_msg["content"]
         assert ran(tmp_path) == []
