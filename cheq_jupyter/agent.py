@@ -521,7 +521,7 @@ def _complete(client: Any, kwargs: dict[str, Any]) -> Any:
         raise _model_error(exc) from None
 
 
-def _invoke(run: _Run, op: _Invoke) -> None:
+def _call_tool(run: _Run, op: _Invoke) -> None:
     """Run one approved synchronous tool call and hand its outcome to the loop."""
     try:
         run.tool_answered(op.tool.function(**op.kwargs))
@@ -611,7 +611,7 @@ def run_agent(
             elif isinstance(op, _Decide):
                 run.decide(op)
             else:
-                _invoke(run, op)
+                _call_tool(run, op)
     finally:
         run.close()
     return cast(AgentResult[OutputT], run.result)
