@@ -218,7 +218,12 @@ class _Look:
 
     def __init__(self) -> None:
         import ipywidgets as w
-        from ipywidgets.widgets.widget_string import HTMLStyle, TextStyle
+
+        try:
+            from ipywidgets.widgets.widget_string import HTMLStyle, TextStyle
+        except ImportError:  # ipywidgets 7 (Colab): one description style for both
+            from ipywidgets.widgets.widget_description import DescriptionStyle as HTMLStyle
+            from ipywidgets.widgets.widget_description import DescriptionStyle as TextStyle
 
         self.plain = w.Layout()
         self.card = w.Layout(border="1px solid #ccc", padding="4px 8px", margin="4px 0")

@@ -21,6 +21,8 @@ approver and output area, so runs started by different cells never mix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import time
 from collections.abc import Callable, MutableMapping, Sequence
@@ -36,6 +38,7 @@ from .agent import (
     _build_spec,
     _call_model,
     _Decide,
+    _Invoke,
     _invoke,
     _ModelCall,
     _Run,
@@ -272,7 +275,7 @@ class _Driver:
                     if self._begin(op):
                         return
                 else:
-                    _invoke(self.run, op)
+                    self._invoke(op)
         except BaseException as exc:
             self._stop(exc)
             if not isinstance(exc, Exception):
@@ -281,6 +284,17 @@ class _Driver:
         result = self.run.result
         assert result is not None
         self._end(result)
+
+    def _invoke(self, op: _Invoke) -> None:
+        """Run a tool; what it prints goes to the run's area (from a widget callback it would
+        otherwise go to no cell at all)."""
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            _invoke(self.run, op)
+        if printed.getvalue():
+            text = printed.getvalue()
+            self.view.show({"text/plain": text,
+                            "text/html": f"<pre class='cheq-tool-print'>{html.escape(text)}</pre>"})
 
     def _begin(self, op: _Decide) -> bool:
         """Show the turn's cards and return True, or decide it now (no human needed)."""

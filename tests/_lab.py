@@ -49,7 +49,9 @@ CHROMIUM_ARGS = [
 ]
 #: Variables that would make the notebook leave the offline demo model or the card approver.
 SCRUBBED_ENV = ("MISTRAL_API_KEY", "MISTRAL_SERVER_URL", "CHEQ_JUPYTER_APPROVER",
-                "CHEQ_JUPYTER_REPLAY_LOG", "CQ_API_KEY", "CQ_BASE_URL")
+                "CHEQ_JUPYTER_REPLAY_LOG", "CQ_API_KEY", "CQ_BASE_URL",
+                # A test run from VS Code's terminal must not make the kernel choose no-wait.
+                "VSCODE_PID", "VSCODE_CWD", "VSCODE_IPC_HOOK_CLI", "COLAB_RELEASE_TAG")
 
 _SETTINGS = {
     # No "Would you like to receive official Jupyter news?" toast, no update check.
@@ -77,9 +79,18 @@ class LabServer:
         home: Path,
         start_timeout: float = 60.0,
         kernel_python: str | None = None,
+        app: str = "lab",
+        settings: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """``kernel_python``: run notebooks on this interpreter's ipykernel (default: the
-        server's own Python), e.g. an environment with ipykernel 6.29 or 7.0."""
+        server's own Python), e.g. an environment with ipykernel 6.29 or 7.0.  ``app`` is
+        ``"lab"`` (JupyterLab) or ``"notebook"`` (Jupyter Notebook 7); ``settings`` adds user
+        settings by plugin file, e.g. ``{"@jupyterlab/apputils-extension/kernels-settings"
+        ".jupyterlab-settings": {"commsOverSubshells": "disabled"}}``."""
+        if app not in ("lab", "notebook"):
+            raise ValueError(f"app is {app!r}; use 'lab' or 'notebook'.")
+        self.app = app
+        self.settings = {**_SETTINGS, **(settings or {})}
         self.root_dir = root_dir
         self.home = home
         self.kernel_python = kernel_python
@@ -114,7 +125,7 @@ class LabServer:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> LabServer:
         settings = self.home / "lab-settings"
-        for name, value in _SETTINGS.items():
+        for name, value in self.settings.items():
             target = settings / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(value))
@@ -140,17 +151,20 @@ class LabServer:
             PYTHONUNBUFFERED="1",
         )
         cmd = [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable, "-m", "jupyterlab" if self.app == "lab" else "notebook",
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={self.port}",
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root_dir}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class="
-            "jupyterlab.handlers.announcements.NeverCheckForUpdate",
         ]
+        if self.app == "lab":
+            cmd += [
+                "--LabApp.news_url=",
+                "--LabApp.check_for_updates_class="
+                "jupyterlab.handlers.announcements.NeverCheckForUpdate",
+            ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
             cmd.append("--allow-root")
         with open(self.log_path, "wb") as log:
@@ -327,7 +341,8 @@ class LabNotebook:
     # -- actions -------------------------------------------------------------------------------
     def open(self, path: str, *, timeout: float = 60.0) -> None:
         ms = timeout * 1000
-        self.page.goto(self.server.url(f"/lab/tree/{path}"), timeout=ms)
+        prefix = "/lab/tree" if self.server.app == "lab" else "/notebooks"
+        self.page.goto(self.server.url(f"{prefix}/{path}"), timeout=ms)
         self.cell(0).wait_for(state="visible", timeout=ms)
         self.wait_kernel_idle(timeout)
 
@@ -342,12 +357,28 @@ class LabNotebook:
         status bar must also name a kernel: ``Python 3 (ipykernel) | Idle``, not
         ``No Kernel | ...``."""
         ms = timeout * 1000
-        self.page.locator("#jp-main-statusbar").get_by_text(
-            re.compile(r"^(?!No Kernel\b).+ \| Idle$")
-        ).wait_for(state="visible", timeout=ms)
+        if self.server.app == "notebook":  # Notebook 7: the kernel's name in the toolbar
+            self.panel.locator(".jp-Toolbar-kernelName").get_by_text(
+                re.compile(r"^(?!No Kernel\b).+$")
+            ).wait_for(state="visible", timeout=ms)
+        else:
+            self.page.locator("#jp-main-statusbar").get_by_text(
+                re.compile(r"^(?!No Kernel\b).+ \| Idle$")
+            ).wait_for(state="visible", timeout=ms)
         self.panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
             state="attached", timeout=ms
         )
+
+    def busy_indicator(self) -> Any:
+        """What shows the kernel busy: JupyterLab's status bar, Notebook 7's toolbar."""
+        if self.server.app == "notebook":
+            return self.panel.locator(".jp-Notebook-ExecutionIndicator[data-status='busy']")
+        return self.page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\| Busy$"))
+
+    def kernel_connection_file(self) -> Path:
+        """The connection file of the (only) running kernel, to talk to it beside the page."""
+        (kernel,) = self.server.api("GET", "/api/kernels")
+        return self.server.home / "jupyter-runtime" / f"kernel-{kernel['id']}.json"
 
     def run(self, index: int) -> None:
         """Select cell ``index`` (a click on its prompt) and press Shift+Enter."""

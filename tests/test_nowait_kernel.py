@@ -33,6 +33,7 @@ def _audit():
         return [(r["tool_call_id"], r["status"]) for r in map(json.loads, f)]
 def change_email(account_id: str, new_email: str) -> str:
     """Change the e-mail address of an account."""
+    print("changing", account_id)
     with open("ran.jsonl", "a") as f:
         f.write(json.dumps({"account_id": account_id, "new_email": new_email,
                             "audit": _audit()}) + "\\n")
@@ -136,6 +137,8 @@ def test_auto_in_vscode_ends_the_cell_and_a_later_click_finishes_the_run(
     assert row["audit"] == [["chg000001", "approved"]]
     assert card.decided and "approved by card" in card.status
     assert "change_email ran" in run_text(vscode, box)
+    # What the tool printed, from a widget callback, is in the run's area too.
+    assert "changing acct_1\n" in run_text(vscode, box)
     # -o now holds the AgentResult.
     assert value(vscode, "[type(res).__name__, res.tool_calls[0].status, res.text]") == [
         "AgentResult", "ran", "Done: acct_1 uses ada@new.example."]
@@ -376,7 +379,7 @@ def test_wait_forced_on_a_kernel_the_card_cannot_block_on_fails_closed(tmp_path:
             result = kernel.execute(
                 "%%mistral_agent --wait -t change_email -o res --audit audit.jsonl\nChange it")
             assert result.status == "ok", result.error
-            tool_msg = [m for m in fake.requests[1]["messages"] if m["role"] == "tool"][0]
+            tool_msg = next(m for m in fake.requests[1]["messages"] if m["role"] == "tool")
         assert "approval was cancelled" in tool_msg["content"]
         assert "--no-wait" in tool_msg["content"]
         assert ran(tmp_path) == []
