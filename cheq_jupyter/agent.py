@@ -22,6 +22,7 @@ or a plain request with ``stream=False``.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import inspect
@@ -730,8 +731,11 @@ async def _acall_model(
         )
     assembler = _stream.Assembler(_shown_safely(events))
     try:
-        sse = await client.chat.stream_async(
-            **kwargs, **_sdk.request_options(client, timeout)
+        # Bounded as a whole until the answer starts: a server that trickles a non-streamed
+        # body (which the SDK reads to the end) would otherwise never hit a read timeout.
+        sse = await asyncio.wait_for(
+            client.chat.stream_async(**kwargs, **_sdk.request_options(client, timeout)),
+            timeout + 1.0,
         )
     except Exception as exc:
         reply = _stream.reply_from_unstreamed(exc)
