@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 from ._cell import CellPlan
 from .agent import AgentResult, run_agent
 from .approval import Approver, Policy
-from .errors import ConfigurationError
+from .errors import AuditLogError, ConfigurationError
 
 __all__ = ["build_approver", "run_plan"]
 
@@ -77,7 +77,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
     try:
         client = _sdk.client_from_env()
         approver, name = build_approver(plan)
-    except ConfigurationError as exc:
+    except (ConfigurationError, AuditLogError) as exc:  # e.g. a replay log that fails verify
         raise UsageError(str(exc)) from None
     events = NotebookEvents(approver_name=name)
     result: AgentResult[Any] = run_agent(

@@ -438,3 +438,36 @@ def test_a_head_that_lags_after_a_crash_is_accepted(tmp_path: Path) -> None:
     log.record(request(8, 10), Decision.approve(by="card"))  # and appending goes on
     assert verify(log.path) == 5
 
+
+
+@pytest.mark.parametrize("tamper", ["cut_last", "append_forged_copied_mac", "flip_last_keep_head"])
+def test_the_magic_refuses_to_replay_a_tampered_log_in_one_line(
+    tamper: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    log = written_log(tmp_path / "audit.jsonl")
+    TAMPERING[tamper](log.path)
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell()
+    try:
+        shell.run_line_magic("load_ext", "cheq_jupyter")
+        shell.run_cell(
+            "ran = []\n"
+            "def refund(customer: str, amount: int) -> str:\n"
+            "    '''Refund money.'''\n"
+            "    ran.append(amount)\n"
+            "    return 'refunded'\n"
+        )
+        with FakeMistral([tool_call("refund", {"customer": "cus_1", "amount": 5000}),
+                          text("done")]) as fake:
+            monkeypatch.setenv("MISTRAL_API_KEY", fake.api_key)
+            monkeypatch.setenv("MISTRAL_SERVER_URL", fake.url)
+            result = shell.run_cell(
+                f"%%mistral_agent -t refund --approver replay --audit {log.path}\nrefund")
+        assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+        assert "audit log" in str(result.error_in_exec)
+        assert shell.user_ns["ran"] == [] and fake.requests == []
+    finally:
+        InteractiveShell.clear_instance()
