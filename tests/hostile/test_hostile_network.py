@@ -474,3 +474,16 @@ def test_no_package_logger_writes_the_key(
     logging.getLogger(logger).warning("request failed with %s and \x1b]52;c;eA==\x07", key)
     assert key not in caplog.text and "\x1b" not in caplog.text
     assert "[redacted]" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "message", ["\x1b]52;c;ZXZpbA==\x07bad request", "\x1b[2J\x1b[Hcleared", "\u202egnirts\u202c"]
+)
+def test_a_server_error_message_cannot_drive_the_terminal(message: str) -> None:
+    body = {"object": "error", "message": message, "type": "invalid_request_error",
+            "param": None, "code": None}
+    with FakeMistral([http_error(400, body)]) as fake, pytest.raises(ModelError) as info:
+        run_agent("hi", approver=reject_all, client=fake.client())
+    shown = str(info.value)
+    assert not any(c in shown for c in "\x1b\x07\u202e\u202c"), shown
+    assert "answered 400" in shown
