@@ -16,7 +16,7 @@ A record holds: ``time`` (of the decision, UTC), ``run_id``, ``step``, ``tool``,
 with; ``null`` when not approved), ``status``, ``note``, ``decided_by`` (card, cheqpoint,
 console, policy, replay...), ``response_time`` (seconds from the request being put to the
 approver to the decision), ``args_hash`` (SHA-256 of the canonical JSON of ``{tool,
-arguments}``), ``prev_hash`` and ``hash``.
+arguments}``), ``prev_hash``, ``hash``, ``key_id`` and ``mac`` (below).
 
 The chain: ``hash`` is the SHA-256 of the record's canonical JSON without ``hash`` and
 ``mac``, and ``prev_hash`` is the previous record's ``hash`` (:data:`GENESIS` for the first).
@@ -31,7 +31,8 @@ hash was recomputed after an edit, or a record appended by someone without the k
 :func:`verify` (and so :func:`load` and replay refuse the log).
 
 Truncation: beside the log, ``<log>.head`` holds the number of records, the last hash and an
-HMAC of both; it is replaced (write, then rename) after every record.  :func:`verify` checks
+HMAC of both; it is overwritten (one write of one fixed-size block, under the log's lock)
+after every record's fsync.  :func:`verify` checks
 the log still reaches that head, so cutting records off the end is detected, and
 :meth:`AuditLog.record` refuses to append to a log that no longer reaches its head.
 
