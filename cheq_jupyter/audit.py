@@ -145,21 +145,29 @@ def _audit_key(explicit: bytes | str | None = None) -> bytes:
         return _read_key_file(path)
     except FileNotFoundError:
         pass
+    # Written whole under a private name, then linked into place: another process making
+    # the key at the same moment either wins (and we read its key) or loses; nobody ever
+    # reads half a key.
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it just now
-        return _read_key_file(path)
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, (secrets.token_hex(32) + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            os.link(draft, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise AuditLogError(
             f"Cannot create the audit key file {path} ({exc.strerror or exc}); set {KEY_ENV} "
             "or XDG_CONFIG_HOME to a writable place."
         ) from exc
-    try:
-        _write_all(fd, (secrets.token_hex(32) + "\n").encode("ascii"))
-        os.fsync(fd)
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(draft)
     return _read_key_file(path)
 
 

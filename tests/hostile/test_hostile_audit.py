@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import stat
 from collections.abc import Callable
@@ -471,3 +472,27 @@ def test_the_magic_refuses_to_replay_a_tampered_log_in_one_line(
         assert shell.user_ns["ran"] == [] and fake.requests == []
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_processes_making_the_key_at_once_share_one_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Six processes start on a machine with no key yet: one key is made, all use it."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv(KEY_ENV)
+    code = (
+        "import sys\n"
+        "from cheq_jupyter.approval import ApprovalRequest, Decision\n"
+        "from cheq_jupyter.audit import AuditLog\n"
+        "log = AuditLog(sys.argv[1])\n"
+        "log.record(ApprovalRequest(action='t', summary='', details={}, tool_call_id='x'),\n"
+        "           Decision.approve(by='card'))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"log{i}.jsonl")],
+                              env=os.environ.copy()) for i in range(6)]
+    assert [p.wait(60) for p in procs] == [0] * 6
+    for i in range(6):
+        assert verify(tmp_path / f"log{i}.jsonl") == 1  # all signed with the one key on disk
+    assert [p.name for p in key_path().parent.iterdir()] == ["audit.key"]  # no drafts left
