@@ -86,8 +86,10 @@ def redact_value(value: Any) -> Any:
 
 
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# Patterns here are strings compiled on first use (``re`` caches them), so importing the
+# package (``%load_ext``) does not pay for compiling them.
 # C0 controls except tab and newline, DEL, C1 controls, bidi controls.
-_UNSAFE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
+_UNSAFE = f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]"
 
 
 def _visible(match: re.Match[str]) -> str:
@@ -99,7 +101,7 @@ def safe_text(text: Any) -> str:
     """``str(text)`` without keys, control sequences or bidi overrides (shown as escapes)."""
     out = redact(str(text))
     out = out.replace("\r\n", "\n")
-    return _UNSAFE.sub(_visible, out)
+    return re.compile(_UNSAFE).sub(_visible, out)
 
 
 def json_text(text: str) -> str:
@@ -108,7 +110,7 @@ def json_text(text: str) -> str:
     It still parses to the same value, but an editor or a terminal shows the escape instead of
     acting on the character (unsafe characters can only occur inside JSON strings).
     """
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return re.compile(_UNSAFE).sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def escape(text: Any, quote: bool = True) -> str:
@@ -121,18 +123,18 @@ def escape(text: Any, quote: bool = True) -> str:
 # A fence opens only at column 0: there it cannot sit inside a list item, a block quote or a
 # paragraph, so every CommonMark/GFM renderer agrees it is code.  (Indented fences are shown
 # escaped like the prose around them: safe, merely less pretty.)
-_FENCE_OPEN = re.compile(r"(`{3,}|~{3,})(.*)")
+_FENCE_OPEN = r"(`{3,}|~{3,})(.*)"
 _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 # The scheme of a dangerous link, wherever a destination could start: `javascript:`, also
 # written `JavaScript\:` (a Markdown escape).  Entities were already made inert by escaping `&`.
-_BAD_SCHEME = re.compile(r"(?i)(?<![a-z0-9+.\-])(javascript|vbscript|data)(?=\\?:)")
+_BAD_SCHEME = r"(?i)(?<![a-z0-9+.\-])(javascript|vbscript|data)(?=\\?:)"
 # `![` starts an image (unless the `!` is backslash-escaped): it would load by itself.
-_IMAGE = re.compile(r"(?<!\\)((?:\\\\)*)!(?=\[)")
+_IMAGE = r"(?<!\\)((?:\\\\)*)!(?=\[)"
 # Code whose characters mean nothing to Markdown or HTML stays a Markdown code span as written.
-_INERT = re.compile(r"[^<>&!\[\]():\\`|]*")
-_ENTITY_LIKE = re.compile(r"&amp;(?=[#A-Za-z])")
-_BACKTICKS = re.compile(r"`+")
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_INERT = r"[^<>&!\[\]():\\`|]*"
+_ENTITY_LIKE = r"&amp;(?=[#A-Za-z])"
+_BACKTICKS = r"`+"
+_BLANK_LINE = r"\n[ \t]*\n"
 
 
 def _entities(text: str) -> str:
@@ -143,11 +145,11 @@ def _entities(text: str) -> str:
 def _prose(text: str) -> str:
     """Markdown prose: raw HTML escaped, images made links, dangerous schemes broken, and each
     code span shown as written.  Linear in the text (no rescans on hostile backtick runs)."""
-    runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(text)]
+    runs = [(m.start(), m.end()) for m in re.compile(_BACKTICKS).finditer(text)]
     starts_by_length: dict[int, list[int]] = {}
     for begin, stop in runs:
         starts_by_length.setdefault(stop - begin, []).append(begin)
-    blanks = [m.start() for m in _BLANK_LINE.finditer(text)]
+    blanks = [m.start() for m in re.compile(_BLANK_LINE).finditer(text)]
     out: list[str] = []
     pos = 0
     for begin, stop in runs:
@@ -165,7 +167,7 @@ def _prose(text: str) -> str:
             continue
         out.append(_plain_prose(text[pos:opener]))
         content = text[stop:close]
-        out.append(text[opener:close + length] if _INERT.fullmatch(content)
+        out.append(text[opener:close + length] if re.compile(_INERT).fullmatch(content)
                    else _code_span(content))
         pos = close + length
     out.append(_plain_prose(text[pos:]))
@@ -199,12 +201,12 @@ def _plain_prose(text: str) -> str:
     text = text.replace("&", "&amp;")
     # `&#106;` must stay text even in a renderer that decodes link destinations twice
     # (mistune does): a zero-width space after the `&` means no entity can start there.
-    text = _ENTITY_LIKE.sub("&amp;\u200b", text)
+    text = re.compile(_ENTITY_LIKE).sub("&amp;\u200b", text)
     text = text.replace("<", "&lt;").replace(">", "&gt;")
-    text = _IMAGE.sub(lambda m: f"{m.group(1)}&#33;", text)
+    text = re.compile(_IMAGE).sub(lambda m: f"{m.group(1)}&#33;", text)
     # A zero-width space after the scheme name: the browser no longer sees a scheme, the
     # reader sees the same word.
-    return _BAD_SCHEME.sub(lambda m: m.group(1) + "\u200b", text)
+    return re.compile(_BAD_SCHEME).sub(lambda m: m.group(1) + "\u200b", text)
 
 
 def safe_markdown(text: str) -> str:
@@ -214,7 +216,7 @@ def safe_markdown(text: str) -> str:
     prose: list[str] = []
     i = 0
     while i < len(lines):
-        opened = _FENCE_OPEN.fullmatch(lines[i])
+        opened = re.compile(_FENCE_OPEN).fullmatch(lines[i])
         if opened is None or (opened.group(1)[0] == "`" and "`" in opened.group(2)):
             prose.append(lines[i])
             i += 1

@@ -16,7 +16,7 @@ A record holds: ``time`` (of the decision, UTC), ``run_id``, ``step``, ``tool``,
 with; ``null`` when not approved), ``status``, ``note``, ``decided_by`` (card, cheqpoint,
 console, policy, replay...), ``response_time`` (seconds from the request being put to the
 approver to the decision), ``args_hash`` (SHA-256 of the canonical JSON of ``{tool,
-arguments}``), ``prev_hash`` and ``hash``.
+arguments}``), ``prev_hash``, ``hash``, ``key_id`` and ``mac`` (below).
 
 The chain: ``hash`` is the SHA-256 of the record's canonical JSON without ``hash`` and
 ``mac``, and ``prev_hash`` is the previous record's ``hash`` (:data:`GENESIS` for the first).
@@ -31,7 +31,8 @@ hash was recomputed after an edit, or a record appended by someone without the k
 :func:`verify` (and so :func:`load` and replay refuse the log).
 
 Truncation: beside the log, ``<log>.head`` holds the number of records, the last hash and an
-HMAC of both; it is replaced (write, then rename) after every record.  :func:`verify` checks
+HMAC of both; it is overwritten (one write of one fixed-size block, under the log's lock)
+after every record's fsync.  :func:`verify` checks
 the log still reaches that head, so cutting records off the end is detected, and
 :meth:`AuditLog.record` refuses to append to a log that no longer reaches its head.
 
@@ -144,21 +145,29 @@ def _audit_key(explicit: bytes | str | None = None) -> bytes:
         return _read_key_file(path)
     except FileNotFoundError:
         pass
+    # Written whole under a private name, then linked into place: another process making
+    # the key at the same moment either wins (and we read its key) or loses; nobody ever
+    # reads half a key.
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it just now
-        return _read_key_file(path)
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, (secrets.token_hex(32) + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            os.link(draft, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise AuditLogError(
             f"Cannot create the audit key file {path} ({exc.strerror or exc}); set {KEY_ENV} "
             "or XDG_CONFIG_HOME to a writable place."
         ) from exc
-    try:
-        _write_all(fd, (secrets.token_hex(32) + "\n").encode("ascii"))
-        os.fsync(fd)
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(draft)
     return _read_key_file(path)
 
 

@@ -18,7 +18,8 @@ The hierarchy::
 
 Messages are one sentence that names what was wrong and what to do.  API keys are scrubbed
 from every message (and from ``ModelError.body``) when the error is made, so a server that
-echoes the key cannot put it in a traceback.  A user mistake inside
+echoes the key cannot put it in a traceback; terminal control characters and bidi overrides
+in a message are shown as escapes.  A user mistake inside
 the ``%%mistral_agent`` magic is re-raised as IPython's ``UsageError`` (no traceback).
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._safe_text import redact_value
+from ._safe_text import redact_value, safe_text
 
 __all__ = [
     "ApprovalError",
@@ -49,7 +50,9 @@ class CheqJupyterError(Exception):
     """Base class of every error raised by cheq-jupyter."""
 
     def __init__(self, *args: Any) -> None:
-        super().__init__(*(redact_value(a) for a in args))
+        # A message may quote a server: no key, no terminal control sequence gets through.
+        super().__init__(*(safe_text(a) if isinstance(a, str) else redact_value(a)
+                           for a in args))
 
 
 class ConfigurationError(CheqJupyterError):

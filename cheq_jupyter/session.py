@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from ._cell import CellPlan
 from .agent import AgentResult, run_agent
 from .approval import Approver, Policy
-from .errors import ConfigurationError, ModelError
+from .errors import AuditLogError, ConfigurationError, ModelError
 
 __all__ = ["build_approver", "run_plan"]
 
@@ -117,7 +117,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         client = _sdk.client_from_env()
         approver, name = build_approver(plan)
         choice = choose_wait(plan.wait) if _asking_card(approver) is not None else None
-    except ConfigurationError as exc:
+    except (ConfigurationError, AuditLogError) as exc:  # e.g. a replay log that fails verify
         raise UsageError(str(exc)) from None
     card = _card_of(approver)
     if choice is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import stat
 from collections.abc import Callable
@@ -438,3 +439,60 @@ def test_a_head_that_lags_after_a_crash_is_accepted(tmp_path: Path) -> None:
     log.record(request(8, 10), Decision.approve(by="card"))  # and appending goes on
     assert verify(log.path) == 5
 
+
+
+@pytest.mark.parametrize("tamper", ["cut_last", "append_forged_copied_mac", "flip_last_keep_head"])
+def test_the_magic_refuses_to_replay_a_tampered_log_in_one_line(
+    tamper: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    log = written_log(tmp_path / "audit.jsonl")
+    TAMPERING[tamper](log.path)
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell()
+    try:
+        shell.run_line_magic("load_ext", "cheq_jupyter")
+        shell.run_cell(
+            "ran = []\n"
+            "def refund(customer: str, amount: int) -> str:\n"
+            "    '''Refund money.'''\n"
+            "    ran.append(amount)\n"
+            "    return 'refunded'\n"
+        )
+        with FakeMistral([tool_call("refund", {"customer": "cus_1", "amount": 5000}),
+                          text("done")]) as fake:
+            monkeypatch.setenv("MISTRAL_API_KEY", fake.api_key)
+            monkeypatch.setenv("MISTRAL_SERVER_URL", fake.url)
+            result = shell.run_cell(
+                f"%%mistral_agent -t refund --approver replay --audit {log.path}\nrefund")
+        assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+        assert "audit log" in str(result.error_in_exec)
+        assert shell.user_ns["ran"] == [] and fake.requests == []
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_processes_making_the_key_at_once_share_one_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Six processes start on a machine with no key yet: one key is made, all use it."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv(KEY_ENV)
+    code = (
+        "import sys\n"
+        "from cheq_jupyter.approval import ApprovalRequest, Decision\n"
+        "from cheq_jupyter.audit import AuditLog\n"
+        "log = AuditLog(sys.argv[1])\n"
+        "log.record(ApprovalRequest(action='t', summary='', details={}, tool_call_id='x'),\n"
+        "           Decision.approve(by='card'))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"log{i}.jsonl")],
+                              env=os.environ.copy()) for i in range(6)]
+    assert [p.wait(60) for p in procs] == [0] * 6
+    for i in range(6):
+        assert verify(tmp_path / f"log{i}.jsonl") == 1  # all signed with the one key on disk
+    assert [p.name for p in key_path().parent.iterdir()] == ["audit.key"]  # no drafts left

@@ -98,6 +98,32 @@ def trickling_endpoint(every: float = 0.2) -> Iterator[str]:
         server.close()
 
 
+@contextlib.contextmanager
+def raw_endpoint(answer: bytes) -> Iterator[str]:
+    """An endpoint that reads the request, sends ``answer`` as is and closes the connection."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
 def closed_port_url() -> str:
     """A loopback URL on a port that refuses connections."""
     with socket.create_server(("127.0.0.1", 0)) as probe:
@@ -189,6 +215,31 @@ def test_a_refused_connection_fails_within_seconds(
     assert "Could not connect to the Mistral API" in str(exc)
     assert "MISTRAL_SERVER_URL" in str(exc)
     assert elapsed < PROMPT_FAILURE, f"a refused connection took {elapsed:.1f} s to report"
+
+
+BROKEN_ANSWERS = {
+    "closed at once": b"",
+    "not HTTP": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "headers cut": b"HTTP/1.1 200 OK\r\nContent-Type: appl",
+    "body cut": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 500\r\n\r\n{\"id\": \"x\"",
+    "not JSON": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 9\r\n\r\nnot json!",
+    "HTML error page": b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+                       b"Content-Length: 37\r\n\r\n<html><script>x()</script>\x1b[2J</html>",
+}
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("broken", sorted(BROKEN_ANSWERS))
+def test_a_broken_answer_is_a_prompt_model_error(
+    broken: str, driver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with raw_endpoint(BROKEN_ANSWERS[broken]) as url:
+        fn = _driver(driver, url, monkeypatch, request_timeout=5.0)
+        exc, _ = _run_bounded(fn, 5.0 + PROMPT_FAILURE)
+    assert isinstance(exc, ModelError), repr(exc)
+    assert "\x1b" not in str(exc) and "sk-test-not-a-real-key" not in str(exc)
 
 
 def test_the_default_request_timeout_suits_slow_models() -> None:
@@ -487,3 +538,16 @@ def test_no_package_logger_writes_the_key(
     logging.getLogger(logger).warning("request failed with %s and \x1b]52;c;eA==\x07", key)
     assert key not in caplog.text and "\x1b" not in caplog.text
     assert "[redacted]" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "message", ["\x1b]52;c;ZXZpbA==\x07bad request", "\x1b[2J\x1b[Hcleared", "\u202egnirts\u202c"]
+)
+def test_a_server_error_message_cannot_drive_the_terminal(message: str) -> None:
+    body = {"object": "error", "message": message, "type": "invalid_request_error",
+            "param": None, "code": None}
+    with FakeMistral([http_error(400, body)]) as fake, pytest.raises(ModelError) as info:
+        run_agent("hi", approver=reject_all, client=fake.client())
+    shown = str(info.value)
+    assert not any(c in shown for c in "\x1b\x07\u202e\u202c"), shown
+    assert "answered 400" in shown
