@@ -159,10 +159,11 @@ _background: set[asyncio.Task[None]] = set()
 class _Connection:
     """One running session.  Everything here runs on the MCP loop."""
 
-    def __init__(self, opener: Opener, label: str) -> None:
+    def __init__(self, opener: Opener, label: str, hint: str) -> None:
         self.pid = os.getpid()  # a forked child must start its own server
         self.opener = opener
         self.label = label
+        self.hint = hint
         self.session: Any = None
         self.stop = asyncio.Event()
         self.ready: asyncio.Future[tuple[dict[str, Any], list[dict[str, Any]]]] = (
@@ -210,7 +211,7 @@ class _Connection:
                        f"{timeout:g} s; check the command, or pass a larger timeout=.")
         else:
             message = (f"The MCP server {self.label} failed to start ({_describe(error)}); "
-                       "check the command and its arguments.")
+                       f"{self.hint}.")
         raise McpServerError(self._with_stderr(message))
 
     async def _main(self) -> None:
@@ -671,6 +672,8 @@ class McpToolset:
         if timeout <= 0:
             raise ConfigurationError(f"timeout is {timeout}; give a positive number of seconds.")
         self._opener = opener
+        self._hint = ("check the URL and that the server is running" if transport == "http"
+                      else "check the command and its arguments")
         self.name = label
         self.transport = transport
         self.prefix = prefix
@@ -698,7 +701,7 @@ class McpToolset:
             runtime = _runtime()
 
             async def start() -> tuple[_Connection, dict[str, Any], list[dict[str, Any]]]:
-                new = _Connection(self._opener, self.name)
+                new = _Connection(self._opener, self.name, self._hint)
                 runtime.connections.add(new)
                 info, listed = await new.start(self.timeout)
                 return new, info, listed

@@ -543,6 +543,15 @@ def test_streamable_http_server(http_server: str, edge_env: dict[str, str]) -> N
 # -- async safety -----------------------------------------------------------------------------
 
 
+def test_an_unreachable_http_server_fails_fast_without_showing_headers() -> None:
+    port = _free_port()  # nothing listens there
+    remote = mcp.http(f"http://127.0.0.1:{port}/mcp", headers={"Authorization": "Bearer sk-zz9"},
+                      timeout=20)
+    with pytest.raises(McpServerError, match="check the URL") as info:
+        remote.tools
+    assert "sk-zz9" not in str(info.value) and "sk-zz9" not in repr(remote)
+
+
 def test_arun_agent_and_run_agent_inside_a_running_loop(edge: mcp.McpToolset) -> None:
     async def both() -> tuple[Any, Any]:
         with FakeMistral([tool_call("read_notes", {}), text("a")]) as fake:
