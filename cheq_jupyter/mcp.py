@@ -276,6 +276,17 @@ class _Connection:
         dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return dumped
 
+    async def alive(self, timeout: float) -> bool:
+        """Whether the server still answers a ping (it may have died between cells)."""
+        if not self.usable:
+            return False
+        try:
+            await asyncio.wait_for(self.session.send_ping(), timeout)
+        except (asyncio.TimeoutError, Exception):
+            self.close_soon()
+            return False
+        return True
+
     @property
     def usable(self) -> bool:
         return (not self.closed and not self.stop.is_set() and self.session is not None
@@ -721,7 +732,13 @@ class McpToolset:
         return list(self._tools or [])
 
     def cheq_tools(self) -> list[Tool]:
-        """What ``as_tools`` takes from a toolset: all its tools."""
+        """What ``as_tools`` takes from a toolset at the start of a run: all its tools.
+
+        A server that died since the last run (it no longer answers a ping) is started again.
+        """
+        conn = self._connection
+        if conn is not None and conn.usable:
+            _runtime().run(conn.alive(min(self.timeout, 10.0)), self.timeout + 30)
         return list(self.tools)
 
     def __iter__(self) -> Iterator[McpTool]:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -328,6 +329,16 @@ def test_a_crash_mid_call_is_an_error_result_and_the_next_use_restarts(
     assert wait_gone(first)
     second = int(edge["pid"].function())
     assert second != first and alive(second)
+
+
+def test_a_server_that_died_between_runs_is_started_again(edge: mcp.McpToolset) -> None:
+    first = int(edge["pid"].function())
+    os.kill(first, signal.SIGKILL)
+    assert wait_gone(first)
+    with FakeMistral([tool_call("pid", {}), text("ok")]) as fake:
+        result = run(fake, tools=[edge], approver=approve_all)
+    assert result.tool_calls[0].status == "ran"
+    assert int(result.tool_calls[0].value) != first
 
 
 def test_a_server_that_never_answers_times_out_without_hanging(
