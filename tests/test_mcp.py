@@ -397,8 +397,8 @@ def test_servers_stop_when_python_exits(tmp_path: Path, edge_env: dict[str, str]
 def test_the_kernels_secrets_are_not_passed_to_a_server(
     edge: mcp.McpToolset, edge_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MISTRAL_API_KEY", "sk-secret")  # the server started before: restart
-    edge.close()
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-secret")  # in the kernel when the server starts
+    assert not edge.connected
     names = json.loads(edge["environment"].function())
     assert "MISTRAL_API_KEY" not in names
     assert "CALL_LOG" in names  # what env= gave it
