@@ -55,7 +55,7 @@ from .errors import (
     ToolArgumentsError,
     ToolDefinitionError,
 )
-from .tools import Tool, as_tools, tool_result_text
+from .tools import Tool, Toolset, as_tools, tool_result_text
 
 __all__ = [
     "AgentEvents",
@@ -72,6 +72,8 @@ log = logging.getLogger("cheq_jupyter")
 
 DEFAULT_MODEL = "mistral-large-latest"
 Message = dict[str, Any]
+#: What ``tools=`` takes: functions, Tool objects and toolsets (an MCP server's), or a mapping.
+Tools = Sequence[Tool | Callable[..., Any] | Toolset] | Mapping[str, Tool | Callable[..., Any]]
 OutputT = TypeVar("OutputT", bound=BaseModel)
 CallStatus = Literal["ran", "failed", "not_approved", "invalid"]
 Phase = Literal["tools", "final", "structured"]
@@ -617,7 +619,7 @@ def _agent_steps(spec: _Spec) -> _Step:
 
 def _build_spec(
     prompt: str,
-    tools: Sequence[Tool | Callable[..., Any]] | Mapping[str, Tool | Callable[..., Any]],
+    tools: Tools,
     approver: Approver,
     model: str,
     system: str | None,
@@ -874,7 +876,7 @@ class _Run:
 def run_agent(
     prompt: str,
     *,
-    tools: Sequence[Tool | Callable[..., Any]] | Mapping[str, Tool | Callable[..., Any]] = (),
+    tools: Tools = (),
     approver: Approver,
     model: str = DEFAULT_MODEL,
     system: str | None = None,
@@ -938,7 +940,7 @@ def run_agent(
 async def arun_agent(
     prompt: str,
     *,
-    tools: Sequence[Tool | Callable[..., Any]] | Mapping[str, Tool | Callable[..., Any]] = (),
+    tools: Tools = (),
     approver: Approver,
     model: str = DEFAULT_MODEL,
     system: str | None = None,

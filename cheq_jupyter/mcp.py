@@ -159,10 +159,11 @@ _background: set[asyncio.Task[None]] = set()
 class _Connection:
     """One running session.  Everything here runs on the MCP loop."""
 
-    def __init__(self, opener: Opener, label: str) -> None:
+    def __init__(self, opener: Opener, label: str, hint: str) -> None:
         self.pid = os.getpid()  # a forked child must start its own server
         self.opener = opener
         self.label = label
+        self.hint = hint
         self.session: Any = None
         self.stop = asyncio.Event()
         self.ready: asyncio.Future[tuple[dict[str, Any], list[dict[str, Any]]]] = (
@@ -210,7 +211,7 @@ class _Connection:
                        f"{timeout:g} s; check the command, or pass a larger timeout=.")
         else:
             message = (f"The MCP server {self.label} failed to start ({_describe(error)}); "
-                       "check the command and its arguments.")
+                       f"{self.hint}.")
         raise McpServerError(self._with_stderr(message))
 
     async def _main(self) -> None:
@@ -274,6 +275,17 @@ class _Connection:
             ) from None
         dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return dumped
+
+    async def alive(self, timeout: float) -> bool:
+        """Whether the server still answers a ping (it may have died between cells)."""
+        if not self.usable:
+            return False
+        try:
+            await asyncio.wait_for(self.session.send_ping(), timeout)
+        except (asyncio.TimeoutError, Exception):
+            self.close_soon()
+            return False
+        return True
 
     @property
     def usable(self) -> bool:
@@ -671,6 +683,8 @@ class McpToolset:
         if timeout <= 0:
             raise ConfigurationError(f"timeout is {timeout}; give a positive number of seconds.")
         self._opener = opener
+        self._hint = ("check the URL and that the server is running" if transport == "http"
+                      else "check the command and its arguments")
         self.name = label
         self.transport = transport
         self.prefix = prefix
@@ -698,7 +712,7 @@ class McpToolset:
             runtime = _runtime()
 
             async def start() -> tuple[_Connection, dict[str, Any], list[dict[str, Any]]]:
-                new = _Connection(self._opener, self.name)
+                new = _Connection(self._opener, self.name, self._hint)
                 runtime.connections.add(new)
                 info, listed = await new.start(self.timeout)
                 return new, info, listed
@@ -718,7 +732,13 @@ class McpToolset:
         return list(self._tools or [])
 
     def cheq_tools(self) -> list[Tool]:
-        """What ``as_tools`` takes from a toolset: all its tools."""
+        """What ``as_tools`` takes from a toolset at the start of a run: all its tools.
+
+        A server that died since the last run (it no longer answers a ping) is started again.
+        """
+        conn = self._connection
+        if conn is not None and conn.usable:
+            _runtime().run(conn.alive(min(self.timeout, 10.0)), self.timeout + 30)
         return list(self.tools)
 
     def __iter__(self) -> Iterator[McpTool]:

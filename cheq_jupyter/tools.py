@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Protocol, get_type_hints, runtime_checkable
 
 import pydantic
 import pydantic_core
@@ -30,6 +30,7 @@ from .errors import ToolArgumentsError, ToolDefinitionError
 
 __all__ = [
     "Tool",
+    "Toolset",
     "as_tools",
     "tool",
     "tool_result_text",
@@ -394,7 +395,14 @@ def _check_defaults(made: Tool) -> None:
                 ) from None
 
 
-def as_tools(items: Iterable[Tool | Callable[..., Any]]) -> dict[str, Tool]:
+@runtime_checkable
+class Toolset(Protocol):
+    """Several tools given as one (an MCP server's :class:`~cheq_jupyter.mcp.McpToolset`)."""
+
+    def cheq_tools(self) -> list[Tool]: ...
+
+
+def as_tools(items: Iterable[Tool | Callable[..., Any] | Toolset]) -> dict[str, Tool]:
     """Tools by name from functions or :class:`Tool` objects; duplicate names are an error."""
     out: dict[str, Tool] = {}
     for item in _expand(items):

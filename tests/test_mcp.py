@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -330,6 +331,16 @@ def test_a_crash_mid_call_is_an_error_result_and_the_next_use_restarts(
     assert second != first and alive(second)
 
 
+def test_a_server_that_died_between_runs_is_started_again(edge: mcp.McpToolset) -> None:
+    first = int(edge["pid"].function())
+    os.kill(first, signal.SIGKILL)
+    assert wait_gone(first)
+    with FakeMistral([tool_call("pid", {}), text("ok")]) as fake:
+        result = run(fake, tools=[edge], approver=approve_all)
+    assert result.tool_calls[0].status == "ran"
+    assert int(result.tool_calls[0].value) != first
+
+
 def test_a_server_that_never_answers_times_out_without_hanging(
     edge_env: dict[str, str],
 ) -> None:
@@ -386,8 +397,8 @@ def test_servers_stop_when_python_exits(tmp_path: Path, edge_env: dict[str, str]
 def test_the_kernels_secrets_are_not_passed_to_a_server(
     edge: mcp.McpToolset, edge_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MISTRAL_API_KEY", "sk-secret")  # the server started before: restart
-    edge.close()
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-secret")  # in the kernel when the server starts
+    assert not edge.connected
     names = json.loads(edge["environment"].function())
     assert "MISTRAL_API_KEY" not in names
     assert "CALL_LOG" in names  # what env= gave it
@@ -541,6 +552,15 @@ def test_streamable_http_server(http_server: str, edge_env: dict[str, str]) -> N
 
 
 # -- async safety -----------------------------------------------------------------------------
+
+
+def test_an_unreachable_http_server_fails_fast_without_showing_headers() -> None:
+    port = _free_port()  # nothing listens there
+    remote = mcp.http(f"http://127.0.0.1:{port}/mcp", headers={"Authorization": "Bearer sk-zz9"},
+                      timeout=20)
+    with pytest.raises(McpServerError, match="check the URL") as info:
+        remote.tools
+    assert "sk-zz9" not in str(info.value) and "sk-zz9" not in repr(remote)
 
 
 def test_arun_agent_and_run_agent_inside_a_running_loop(edge: mcp.McpToolset) -> None:

@@ -215,3 +215,18 @@ def test_markup_in_a_result_is_escaped_in_the_cell(hostile: mcp.McpToolset) -> N
         result = run(fake, tools=[hostile], approver=approve_all)
     shown = render_tool_result(result.tool_calls[0])["text/html"]
     assert "<script>" not in shown and "&lt;script&gt;" in shown
+
+
+@pytest.mark.parametrize("hostile", ["schemas"], indirect=True)
+@pytest.mark.parametrize("raw", [
+    '{"q": ' + "[" * 10_000 + "]" * 10_000 + "}",  # deeper than any parser should go
+    '{"q": ' + "[" * 100 + "]" * 100 + "}",  # parses, but deeper than MCP arguments may be
+    '{"q": 1e400}', '{"q": Infinity}', '{"q": "x", "q": NaN}',
+])
+def test_hostile_arguments_never_reach_the_server(
+    hostile: mcp.McpToolset, log: Path, raw: str
+) -> None:
+    with FakeMistral([tool_call("fine", raw), text("no")]) as fake:
+        result = run(fake, tools=[hostile], approver=approve_all)
+    assert result.tool_calls[0].status == "invalid"
+    assert reached(log) == []
