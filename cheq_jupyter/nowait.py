@@ -32,9 +32,11 @@ from typing import Any
 
 from . import _blocking
 from .agent import (
+    DEFAULT_MODEL,
     AgentEvents,
     AgentResult,
     DecisionRecorder,
+    _approver_name,
     _build_spec,
     _call_tool,
     _complete,
@@ -348,10 +350,10 @@ class _Driver:
 def start_run(
     prompt: str,
     *,
-    tools: Any,
+    tools: Any = (),
     approver: Approver,
-    client: Any,
-    model: str,
+    client: Any = None,
+    model: str = DEFAULT_MODEL,
     system: str | None = None,
     max_steps: int = 10,
     output_type: Any = None,
@@ -363,12 +365,21 @@ def start_run(
 ) -> PendingRun:
     """Start a run in no-wait mode and return its :class:`PendingRun` once cards are shown.
 
+    The arguments are :func:`~cheq_jupyter.agent.run_agent`'s; the approver's cards (a
+    :class:`~cheq_jupyter.card.WidgetApprover`, possibly behind a
+    :class:`~cheq_jupyter.approval.Policy`) are shown without blocking::
+
+        pending = start_run("Refund c1", tools=[refund], approver=WidgetApprover())
+
     Call it from a cell: the run's output area is displayed there.  ``events_factory(show)``
-    builds the progress display writing through ``show``; ``bind = (namespace, name)`` binds
-    the handle there now and the :class:`AgentResult` when the run ends (unless the name was
-    rebound meanwhile).
+    builds the progress display writing through ``show`` (default: the notebook's status
+    lines, tool results and answer); ``bind = (namespace, name)`` binds the handle there now
+    and the :class:`AgentResult` when the run ends (unless the name was rebound meanwhile).
     """
     from IPython.display import display
+
+    from . import _sdk
+    from .display import NotebookEvents
 
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, None, recorder, output_retries)
@@ -378,8 +389,12 @@ def start_run(
                 f"Tool {t.name} is async; no-wait mode runs synchronous tools only."
             )
     _event_loop()  # FrontendUnavailableError now, outside a kernel, not in a callback
+    client = client if client is not None else _sdk.client_from_env()
     view = _RunView()
-    if events_factory is not None:
+    if events_factory is None:
+        name = _approver_name(approver)
+        spec.events = NotebookEvents(approver_name=name, show=view.show)
+    else:
         spec.events = events_factory(view.show)
     handle = PendingRun(spec.run_id)
 
