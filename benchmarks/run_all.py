@@ -39,6 +39,7 @@ import audit_overhead  # noqa: E402
 import cards_50  # noqa: E402
 import load_ext  # noqa: E402
 import loop_overhead  # noqa: E402
+import nowait_latency  # noqa: E402
 from _table import Row, print_table  # noqa: E402
 
 #: What the baseline kernel needs (the module doc of approval_latency.py lists the same).
@@ -133,6 +134,7 @@ def main() -> int:
         ("load_ext", lambda: load_ext.rows(args.quick)),
         ("cards_50", lambda: cards_50.rows(args.quick)),
         ("audit_overhead", lambda: audit_overhead.rows(args.quick)),
+        ("nowait_latency", lambda: nowait_latency.rows(args.quick)),
     ]
     rows: list[Row] = []
     timings: list[str] = []
