@@ -46,7 +46,12 @@ from .agent import (
     _Run,
 )
 from .approval import ApprovalRequest, Approver, Decision, Policy
-from .errors import ApprovalError, RunPendingError, ToolDefinitionError
+from .errors import (
+    ApprovalError,
+    FrontendUnavailableError,
+    RunPendingError,
+    ToolDefinitionError,
+)
 
 __all__ = ["PendingRun", "live_runs", "start_run"]
 
@@ -215,9 +220,16 @@ class PendingRun:
             _run_due()
             return self._finished
 
-        if not check() and not _blocking.wait_for(
-            check, timeout=timeout, on_tick=lambda _left: _run_due(), tick=0.5
-        ):
+        try:
+            finished = check() or _blocking.wait_for(
+                check, timeout=timeout, on_tick=lambda _left: _run_due(), tick=0.5
+            )
+        except FrontendUnavailableError as exc:
+            raise RunPendingError(
+                f"The no-wait run {self.run_id} is still {self.status}, and this kernel cannot "
+                f"wait for it ({exc}); check .done() after deciding instead."
+            ) from None
+        if not finished:
             raise RunPendingError(
                 f"The no-wait run {self.run_id} did not finish within {timeout:g} seconds; it "
                 "is still "

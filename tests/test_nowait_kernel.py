@@ -408,3 +408,20 @@ def test_start_run_from_python_with_a_policy_in_front(vscode: KernelFrontend, tm
     assert value(vscode, "[c.status for c in pending.result().tool_calls]") == [
         "ran", "not_approved"]
     assert [r["account_id"] for r in ran(tmp_path)] == ["acct_1"]
+
+
+def test_cancel_answers_the_waiting_cards_and_nothing_runs(
+    vscode: KernelFrontend, tmp_path: Path
+) -> None:
+    with FakeMistral([CHANGE, text("Cancelled, nothing changed.")]) as fake:
+        use(vscode, fake)
+        running, (card,) = no_wait_cell(vscode, CELL)
+        out = vscode.execute("print(res.status)\nres.cancel()")
+        assert out.stdout == "waiting for 1 decision(s) (change_email)\n"
+        wait_finished(vscode, run_box(vscode, running), "Cancelled, nothing changed.")
+        card.click("cheq-approve")  # too late: the card is decided
+        assert value(vscode, "[res.tool_calls[0].decision.status, res.tool_calls[0].status]") == [
+            "cancelled", "not_approved"]
+    assert card.decided and "cancelled" in card.status
+    assert ran(tmp_path) == []
+    assert [r["status"] for r in audit(tmp_path)] == ["cancelled"]
