@@ -43,6 +43,7 @@ import cards_50  # noqa: E402
 import load_ext  # noqa: E402
 import loop_overhead  # noqa: E402
 import mcp_overhead  # noqa: E402
+import nowait_latency  # noqa: E402
 import stream_latency  # noqa: E402
 import stream_overhead  # noqa: E402
 from _table import Row, print_table  # noqa: E402
@@ -142,6 +143,7 @@ def main() -> int:
         ("mcp_overhead", lambda: mcp_overhead.rows(args.quick)),
         ("stream_overhead", lambda: stream_overhead.rows(args.quick)),
         ("stream_latency", lambda: stream_latency.rows(args.quick)),
+        ("nowait_latency", lambda: nowait_latency.rows(args.quick)),
     ]
     rows: list[Row] = []
     timings: list[str] = []

@@ -211,13 +211,19 @@ def plan_cell(args: Any, body: str, ns: Mapping[str, Any], defaults: Mapping[str
         approve=approve,
         deny=deny,
         history=resolve_history(args.continue_, ns),
-        audit_log=args.audit if args.audit is not None else defaults.get("audit_log", ""),
+        audit_log=_unquoted(args.audit) if args.audit is not None
+        else defaults.get("audit_log", ""),
         wait=wait,
         request_timeout=float(request_timeout),
         approve_read_only=approve_read_only,
         stream=getattr(args, "stream", True),
         reasoning_effort=getattr(args, "reasoning_effort", None),
     )
+
+
+def _unquoted(value: str) -> str:
+    """IPython keeps the quotes of ``--audit ''``: that is the empty string (no log)."""
+    return "" if value in ("''", '""') else value
 
 
 def _wait_option(args: Any, defaults: Mapping[str, Any]) -> str:

@@ -581,9 +581,14 @@ class WidgetApprover:
         with self._turn_shown:
             self._cards, self._external, self._waker = cards, [], waker
             self._turn_shown.notify_all()
-        bundle = turn._repr_mimebundle_()
         names = ", ".join(r.action for r in requests)
-        bundle["text/plain"] = f"Approval card for {names} (waiting for a decision)."
+        bundle = {
+            # What ipywidgets 8's _repr_mimebundle_ gives (ipywidgets 7 has no such method).
+            "application/vnd.jupyter.widget-view+json": {
+                "version_major": 2, "version_minor": 0, "model_id": turn.model_id,
+            },
+            "text/plain": f"Approval card for {names} (waiting for a decision).",
+        }
         outcome = "interrupted"
         handle: Any = None
         try:

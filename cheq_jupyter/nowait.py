@@ -32,9 +32,11 @@ from typing import Any
 from . import _blocking, _sdk
 from . import _safe_text as html  # escapes and neutralises controls, bidi and keys
 from .agent import (
+    DEFAULT_MODEL,
     AgentEvents,
     AgentResult,
     DecisionRecorder,
+    _approver_name,
     _build_spec,
     _call_model,
     _Decide,
@@ -44,7 +46,12 @@ from .agent import (
     _Run,
 )
 from .approval import ApprovalRequest, Approver, Decision, Policy
-from .errors import ApprovalError, RunPendingError, ToolDefinitionError
+from .errors import (
+    ApprovalError,
+    FrontendUnavailableError,
+    RunPendingError,
+    ToolDefinitionError,
+)
 
 __all__ = ["PendingRun", "live_runs", "start_run"]
 
@@ -213,9 +220,16 @@ class PendingRun:
             _run_due()
             return self._finished
 
-        if not check() and not _blocking.wait_for(
-            check, timeout=timeout, on_tick=lambda _left: _run_due(), tick=0.5
-        ):
+        try:
+            finished = check() or _blocking.wait_for(
+                check, timeout=timeout, on_tick=lambda _left: _run_due(), tick=0.5
+            )
+        except FrontendUnavailableError as exc:
+            raise RunPendingError(
+                f"The no-wait run {self.run_id} is still {self.status}, and this kernel cannot "
+                f"wait for it ({exc}); check .done() after deciding instead."
+            ) from None
+        if not finished:
             raise RunPendingError(
                 f"The no-wait run {self.run_id} did not finish within {timeout:g} seconds; it "
                 "is still "
@@ -353,10 +367,10 @@ class _Driver:
 def start_run(
     prompt: str,
     *,
-    tools: Any,
+    tools: Any = (),
     approver: Approver,
-    client: Any,
-    model: str,
+    client: Any = None,
+    model: str = DEFAULT_MODEL,
     system: str | None = None,
     max_steps: int = 10,
     output_type: Any = None,
@@ -371,12 +385,20 @@ def start_run(
 ) -> PendingRun:
     """Start a run in no-wait mode and return its :class:`PendingRun` once cards are shown.
 
+    The arguments are :func:`~cheq_jupyter.agent.run_agent`'s; the approver's cards (a
+    :class:`~cheq_jupyter.card.WidgetApprover`, possibly behind a
+    :class:`~cheq_jupyter.approval.Policy`) are shown without blocking::
+
+        pending = start_run("Refund c1", tools=[refund], approver=WidgetApprover())
+
     Call it from a cell: the run's output area is displayed there.  ``events_factory(show)``
-    builds the progress display writing through ``show``; ``bind = (namespace, name)`` binds
-    the handle there now and the :class:`AgentResult` when the run ends (unless the name was
-    rebound meanwhile).
+    builds the progress display writing through ``show`` (default: the notebook's status
+    lines, tool results and answer); ``bind = (namespace, name)`` binds the handle there now
+    and the :class:`AgentResult` when the run ends (unless the name was rebound meanwhile).
     """
     from IPython.display import display
+
+    from .display import NotebookEvents
 
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
@@ -388,8 +410,12 @@ def start_run(
                 f"Tool {t.name} is async; no-wait mode runs synchronous tools only."
             )
     _event_loop()  # FrontendUnavailableError now, outside a kernel, not in a callback
+    client = client if client is not None else _sdk.client_from_env()
     view = _RunView()
-    if events_factory is not None:
+    if events_factory is None:
+        name = _approver_name(approver)
+        spec.events = NotebookEvents(approver_name=name, show=view.show)
+    else:
         spec.events = events_factory(view.show)
     handle = PendingRun(spec.run_id)
 

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from ._cell import CellPlan
 from .agent import AgentResult, run_agent
 from .approval import Approver, Policy
-from .errors import AuditLogError, ConfigurationError, ModelError
+from .errors import AuditLogError, ConfigurationError, FrontendUnavailableError, ModelError
 
 __all__ = ["build_approver", "run_plan"]
 
@@ -111,19 +111,24 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
     """
     from . import _sdk
     from .display import NotebookEvents
-    from .waitmode import choose_wait
+    from .waitmode import choose_wait, in_kernel
 
     try:
         client = _sdk.client_from_env()
         approver, name = build_approver(plan)
-        choice = choose_wait(plan.wait) if _asking_card(approver) is not None else None
+        # Only the card waits for a click, and only a kernel can show it.
+        asking = _asking_card(approver) is not None and in_kernel()
+        choice = choose_wait(plan.wait) if asking else None
     except (ConfigurationError, AuditLogError) as exc:  # e.g. a replay log that fails verify
         raise UsageError(str(exc)) from None
     card = _card_of(approver)
     if choice is not None:
         _show_mode(choice.notice(plan.out), choice.block)
         if not choice.block:
-            _run_no_wait(plan, user_ns, client, approver, name)
+            try:
+                _run_no_wait(plan, user_ns, client, approver, name)
+            except FrontendUnavailableError as exc:  # e.g. --no-wait outside a kernel
+                raise UsageError(str(exc)) from None
             return None
     events = NotebookEvents(approver_name=name, on_card=card.showed if card is not None else None)
     try:

@@ -37,6 +37,7 @@ __all__ = [
     "WaitSetting",
     "choose_wait",
     "detect_frontend",
+    "in_kernel",
     "normalize_wait",
     "record_check",
 ]
@@ -96,6 +97,14 @@ def _ipykernel_version() -> str:
     return ipykernel_version() or "?"
 
 
+def in_kernel() -> bool:
+    """Whether this runs in a Jupyter kernel (the only place a card can be shown)."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if callable(get) else None
+    return getattr(shell, "kernel", None) is not None
+
+
 @dataclass(frozen=True)
 class WaitChoice:
     """Whether the card blocks the cell, why, and from which setting."""
@@ -150,6 +159,8 @@ def choose_wait(
         try:
             _blocking.check_kernel()
         except FrontendUnavailableError:
+            if not in_kernel():  # no frontend at all: the card fails closed either way
+                return WaitChoice(True, "not in a Jupyter kernel", wanted)
             return WaitChoice(
                 False,
                 f"the blocking card does not know this ipykernel ({_ipykernel_version()})",

@@ -8,6 +8,13 @@
 quotes the note.  On the way it checks the card in a narrow window (no label cut short, nothing
 sticking out) and, at the end, that the browser console shows no error.
 
+It runs in three frontends: JupyterLab with widget messages over kernel subshells (the default
+since 4.4), JupyterLab with ``commsOverSubshells`` disabled in its user settings, and Jupyter
+Notebook 7; on ipykernel 7 it asks the kernel (beside the page) whether a subshell was opened,
+to prove which path the clicks took.  ``test_no_wait_cell_ends_and_a_later_click_finishes_the_run``
+runs a ``--no-wait`` cell in JupyterLab and in Notebook 7: the cell ends with its card shown, a
+click after it runs the tool and the answer appears in that cell's output.
+
 ``test_quick_clicks_after_typing_use_every_keystroke_on_a_slow_connection`` types and clicks at
 once while the kernel's messages reach the page 300 ms late (a distant JupyterHub): the tool
 must run with every typed character and the note must be whole.
@@ -100,7 +107,7 @@ def _missing() -> str | None:
         return (f"Chromium is not installed at {CHROMIUM}; install Debian's chromium "
                 "(apt-get install chromium) or set CHEQ_CHROMIUM to its path")
     for module, package in (("playwright", "playwright"), ("jupyterlab", "jupyterlab"),
-                            ("jupyterlab_widgets", "jupyterlab_widgets")):
+                            ("jupyterlab_widgets", "jupyterlab_widgets"), ("notebook", "notebook")):
         if importlib.util.find_spec(module) is None:
             return f"the Python package {package} is not installed; pip install {package}"
     return None

@@ -386,3 +386,42 @@ def test_wait_forced_on_a_kernel_the_card_cannot_block_on_fails_closed(tmp_path:
         assert [r["status"] for r in audit(tmp_path)] == ["cancelled"]
     finally:
         kernel.shutdown()
+
+
+def test_start_run_from_python_with_a_policy_in_front(vscode: KernelFrontend, tmp_path: Path) -> None:
+    script = [CHANGE, tool_call("change_email", {"account_id": "acct_9", "new_email": "z@x.example"}),
+              text("One change, one refused by policy.")]
+    with FakeMistral(script) as fake:
+        use(vscode, fake)
+        running = vscode.execute_async(
+            "from cheq_jupyter import Policy, WidgetApprover\n"
+            "from cheq_jupyter.nowait import start_run\n"
+            "policy = Policy(rules={'change_email': lambda a: 'deny' if a['account_id'] == "
+            "'acct_9' else 'ask'}, ask=WidgetApprover(timeout=60))\n"
+            "pending = start_run('Change it', tools=[change_email], approver=policy)\n"
+            "print(pending.done())")
+        result = running.wait()
+        assert result.stdout == "False\n"
+        (card,) = vscode.cards(execution=running)
+        card.click("cheq-approve")
+        wait_finished(vscode, run_box(vscode, running), "One change, one refused by policy.")
+    assert value(vscode, "[c.status for c in pending.result().tool_calls]") == [
+        "ran", "not_approved"]
+    assert [r["account_id"] for r in ran(tmp_path)] == ["acct_1"]
+
+
+def test_cancel_answers_the_waiting_cards_and_nothing_runs(
+    vscode: KernelFrontend, tmp_path: Path
+) -> None:
+    with FakeMistral([CHANGE, text("Cancelled, nothing changed.")]) as fake:
+        use(vscode, fake)
+        running, (card,) = no_wait_cell(vscode, CELL)
+        out = vscode.execute("print(res.status)\nres.cancel()")
+        assert out.stdout == "waiting for 1 decision(s) (change_email)\n"
+        wait_finished(vscode, run_box(vscode, running), "Cancelled, nothing changed.")
+        card.click("cheq-approve")  # too late: the card is decided
+        assert value(vscode, "[res.tool_calls[0].decision.status, res.tool_calls[0].status]") == [
+            "cancelled", "not_approved"]
+    assert card.decided and "cancelled" in card.status
+    assert ran(tmp_path) == []
+    assert [r["status"] for r in audit(tmp_path)] == ["cancelled"]

@@ -37,6 +37,7 @@ __all__ = ["Card", "Execution", "ExecutionResult", "KernelFrontend"]
 
 #: The interpreter kernels start with when none is given (the kernel matrix sets it).
 KERNEL_PYTHON_ENV = "CHEQ_JUPYTER_KERNEL_PYTHON"
+_FRONTEND_MARKERS = ("VSCODE_PID", "VSCODE_CWD", "VSCODE_IPC_HOOK_CLI", "COLAB_RELEASE_TAG")
 _MODEL_REF = "IPY_MODEL_"
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _TAGS = re.compile(r"<[^>]+>")
@@ -217,7 +218,10 @@ class KernelFrontend:
             json.dump(spec, f)
         ksm = KernelSpecManager(kernel_dirs=[self._spec_dir])
         self.km = KernelManager(kernel_name="cheq-test", kernel_spec_manager=ksm)
-        env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self.env}
+        # The kernel is driven by this frontend, not by the editor the tests may run in: no
+        # VS Code or Colab marker leaks in (they switch the card to no-wait) unless asked for.
+        inherited = {k: v for k, v in os.environ.items() if k not in _FRONTEND_MARKERS}
+        env = {**inherited, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self.env}
         try:
             self.km.start_kernel(env=env, cwd=self.cwd or os.getcwd())
             self.kc = self.km.blocking_client()
