@@ -213,6 +213,18 @@ def header_html(request: ApprovalRequest, arguments_json: str, *, why: bool = Tr
     )
 
 
+def _widget_bundle(turn: Any, requests: Sequence[ApprovalRequest]) -> dict[str, Any]:
+    """The display of a turn's widget, to which the decision record is added as ``text/html``."""
+    names = ", ".join(r.action for r in requests)
+    return {
+        # What ipywidgets 8's _repr_mimebundle_ gives (ipywidgets 7 has no such method).
+        "application/vnd.jupyter.widget-view+json": {
+            "version_major": 2, "version_minor": 0, "model_id": turn.model_id,
+        },
+        "text/plain": f"Approval card for {names} (waiting for a decision).",
+    }
+
+
 class _Look:
     """Layout and style models shared by every card of a turn (fewer widgets to create)."""
 
@@ -581,14 +593,7 @@ class WidgetApprover:
         with self._turn_shown:
             self._cards, self._external, self._waker = cards, [], waker
             self._turn_shown.notify_all()
-        names = ", ".join(r.action for r in requests)
-        bundle = {
-            # What ipywidgets 8's _repr_mimebundle_ gives (ipywidgets 7 has no such method).
-            "application/vnd.jupyter.widget-view+json": {
-                "version_major": 2, "version_minor": 0, "model_id": turn.model_id,
-            },
-            "text/plain": f"Approval card for {names} (waiting for a decision).",
-        }
+        bundle = _widget_bundle(turn, requests)
         outcome = "interrupted"
         handle: Any = None
         try:
@@ -692,7 +697,10 @@ class WidgetApprover:
             return later(0, lambda: on_done([d for d in allowed if d is not None]))
         cards, turn, countdown, group = self._turn(asked)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        state: dict[str, Any] = {"finished": False, "cancels": []}
+        # Like the blocking card: the turn's own output gets the record as its fallback when
+        # decided, so the decision shows once.
+        bundle = _widget_bundle(turn, asked)
+        state: dict[str, Any] = {"finished": False, "cancels": [], "handle": None}
 
         def finish(outcome: str) -> None:
             if state["finished"]:
@@ -707,7 +715,8 @@ class WidgetApprover:
             for control in group:
                 control.disabled = True
             countdown.value = html.escape(_OUTCOMES[outcome])
-            self._show_record(cards, show)
+            handle = state["handle"]
+            self._show_record(cards, show, bundle if handle is not None else None, handle)
             answers = iter([c.decision for c in cards])
             decisions = [d if d is not None else next(answers) for d in allowed]
             on_done([d for d in decisions if d is not None])
@@ -735,7 +744,7 @@ class WidgetApprover:
         for card in cards:
             card.on_settled, card.deadline = settled, deadline
         tick()
-        show(turn, raw=True)
+        state["handle"] = show(bundle, raw=True, display_id=True)
         return cancel
 
     @staticmethod

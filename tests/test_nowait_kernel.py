@@ -137,6 +137,10 @@ def test_auto_in_vscode_ends_the_cell_and_a_later_click_finishes_the_run(
     assert row["audit"] == [["chg000001", "approved"]]
     assert card.decided and "approved by card" in card.status
     assert "change_email ran" in run_text(vscode, box)
+    # The decision shows once: its record is the fallback of the card's own output.
+    records = [b for b in vscode.outputs_in(box) if "cheq-record" in b.get("text/html", "")]
+    assert len(records) == 1 and "application/vnd.jupyter.widget-view+json" in records[0]
+    assert "approved by card" in records[0]["text/html"]
     # What the tool printed, from a widget callback, is in the run's area too.
     assert "changing acct_1\n" in run_text(vscode, box)
     # -o now holds the AgentResult.

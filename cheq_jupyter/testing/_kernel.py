@@ -311,7 +311,8 @@ class KernelFrontend:
 
     # -- widgets -------------------------------------------------------------------------------
     def descendants(self, model_id: str) -> Iterator[str]:
-        """``model_id`` and every widget below it (through ``children``), depth first."""
+        """``model_id`` and every widget below it, depth first: through ``children``, and
+        through the widget views an ``Output`` widget shows (as a notebook renders them)."""
         seen: set[str] = set()
         stack = [model_id]
         while stack:
@@ -320,9 +321,15 @@ class KernelFrontend:
                 continue
             seen.add(current)
             yield current
-            children = self.widgets.get(current, {}).get("children") or []
+            state = self.widgets.get(current, {})
+            children = state.get("children") or []
             refs = [c[len(_MODEL_REF):] for c in children if isinstance(c, str)
                     and c.startswith(_MODEL_REF)]
+            for output in state.get("outputs") or ():
+                view = (output.get("data") or {}).get(_WIDGET_VIEW) if isinstance(
+                    output, dict) else None
+                if isinstance(view, dict) and isinstance(view.get("model_id"), str):
+                    refs.append(view["model_id"])
             stack.extend(reversed(refs))
 
     def find(self, cls: str, *, execution: Execution | None = None) -> list[str]:
