@@ -77,6 +77,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
     try:
         client = _sdk.client_from_env()
         approver, name = build_approver(plan)
+        recorder = _recorder(plan)
     except (ConfigurationError, AuditLogError) as exc:  # e.g. a replay log that fails verify
         raise UsageError(str(exc)) from None
     events = NotebookEvents(approver_name=name)
@@ -91,7 +92,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         client=client,
         history=plan.history,
         events=events,
-        recorder=_recorder(plan),
+        recorder=recorder,
         request_timeout=plan.request_timeout,
     )
     events.final(result)
