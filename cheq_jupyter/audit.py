@@ -362,7 +362,9 @@ class AuditLog:
     ``record`` is safe to call from several threads, and from several processes on POSIX
     (an ``flock`` around each append keeps the chain whole).  Use it as the agent loop's
     ``recorder``; it is also an ordinary object with :meth:`records` and :meth:`verify`.
-    ``key`` overrides the audit key (default: ``$CHEQ_JUPYTER_AUDIT_KEY`` or the key file).
+    ``key`` overrides the audit key (default: ``$CHEQ_JUPYTER_AUDIT_KEY`` or the key file,
+    made on first use); a key that cannot be had or is unsafe raises
+    :class:`~cheq_jupyter.errors.AuditLogError` here, before any run starts.
     """
 
     def __init__(
@@ -370,7 +372,8 @@ class AuditLog:
     ) -> None:
         self.path = Path(path).expanduser() if path is not None else default_path()
         self._explicit_key = key
-        self._key: bytes | None = None
+        # Found now, so a missing or unsafe key stops a run before anyone is asked to decide.
+        self._key = _audit_key(key)
         self._head_file = str(head_path(self.path))
         self._lock = threading.Lock()
         # (file size, last hash, number of lines) as of our last look, to skip re-reading.
@@ -403,8 +406,6 @@ class AuditLog:
                 ) from exc
             try:
                 with _file_lock(fd):
-                    if self._key is None:
-                        self._key = _audit_key(self._explicit_key)
                     size, prev, lines = self._read_tail(fd)
                     body, line = _build(request, decision, response_time, prev, self._key)
                     data = (line + "\n").encode("utf-8")
@@ -447,7 +448,6 @@ class AuditLog:
         tail = self._tail_of(data)
         # Someone else wrote (or cut) the log since we last did: it must still reach its head,
         # or appending would hide that records were removed.
-        assert self._key is not None
         _check_reaches_head(self.path, tail[2], lambda n: _line_hash(data, n), self._key,
                             _read_head(self.path))
         return tail

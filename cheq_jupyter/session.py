@@ -119,6 +119,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         # Only the card waits for a click, and only a kernel can show it.
         asking = _asking_card(approver) is not None and in_kernel()
         choice = choose_wait(plan.wait) if asking else None
+        recorder = _recorder(plan)
     except (ConfigurationError, AuditLogError) as exc:  # e.g. a replay log that fails verify
         raise UsageError(str(exc)) from None
     card = _card_of(approver)
@@ -126,7 +127,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         _show_mode(choice.notice(plan.out), choice.block)
         if not choice.block:
             try:
-                _run_no_wait(plan, user_ns, client, approver, name)
+                _run_no_wait(plan, user_ns, client, approver, name, recorder)
             except FrontendUnavailableError as exc:  # e.g. --no-wait outside a kernel
                 raise UsageError(str(exc)) from None
             return None
@@ -143,7 +144,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
             client=client,
             history=plan.history,
             events=events,
-            recorder=_recorder(plan),
+            recorder=recorder,
             request_timeout=plan.request_timeout,
             stream=plan.stream,
             reasoning_effort=plan.reasoning_effort,
@@ -162,7 +163,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
 
 def _run_no_wait(
     plan: CellPlan, user_ns: MutableMapping[str, Any], client: Any, approver: Approver,
-    name: str,
+    name: str, recorder: Any,
 ) -> None:
     from .display import NotebookEvents
     from .nowait import start_run
@@ -181,7 +182,7 @@ def _run_no_wait(
         events_factory=lambda show: NotebookEvents(
             approver_name=name, show=show, on_card=card.showed if card is not None else None
         ),
-        recorder=_recorder(plan),
+        recorder=recorder,
         bind=(user_ns, plan.out) if plan.out else None,
         request_timeout=plan.request_timeout,
         stream=plan.stream,

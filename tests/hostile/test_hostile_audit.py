@@ -496,3 +496,31 @@ def test_processes_making_the_key_at_once_share_one_key(
     for i in range(6):
         assert verify(tmp_path / f"log{i}.jsonl") == 1  # all signed with the one key on disk
     assert [p.name for p in key_path().parent.iterdir()] == ["audit.key"]  # no drafts left
+
+
+def test_an_unsafe_key_file_stops_the_magic_before_anyone_is_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The reviewer's decision would be lost (it cannot be recorded): nobody is asked."""
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.delenv(KEY_ENV)
+    where = key_path()
+    where.parent.mkdir(parents=True)
+    where.write_text(secrets.token_hex(32))
+    where.chmod(0o644)
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell()
+    try:
+        shell.run_line_magic("load_ext", "cheq_jupyter")
+        shell.run_cell("def refund(amount: int) -> str:\n    '''Refund.'''\n    return 'ok'\n")
+        with FakeMistral([tool_call("refund", {"amount": 1}), text("done")]) as fake:
+            monkeypatch.setenv("MISTRAL_API_KEY", fake.api_key)
+            monkeypatch.setenv("MISTRAL_SERVER_URL", fake.url)
+            result = shell.run_cell("%%mistral_agent -t refund --approver policy\nrefund")
+        assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+        assert "chmod 600" in str(result.error_in_exec)
+        assert fake.requests == []
+    finally:
+        InteractiveShell.clear_instance()

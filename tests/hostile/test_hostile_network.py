@@ -306,6 +306,14 @@ def test_the_timeout_reaches_every_request_of_a_run() -> None:
 
 # -- item 7: keys never appear ---------------------------------------------------------------
 
+
+@pytest.fixture(autouse=True)
+def no_registered_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no key registered by an earlier one (the registry is global)."""
+    from cheq_jupyter import _safe_text
+
+    monkeypatch.setattr(_safe_text, "_registered", set())
+
 KEYS = [
     "sk-live-0123456789abcdef",
     "sk-with space-inside-0123",
@@ -322,16 +330,13 @@ def _echo_401(key: str) -> list[Any]:
 def test_a_401_that_echoes_the_key_never_shows_it(
     key: str, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with FakeMistral(_echo_401(key), api_key="fake-server-key") as fake:
+    """``env``: the key is MISTRAL_API_KEY; ``client``: it was only given to the client."""
+    with FakeMistral(_echo_401(key), api_key=key if source == "client" else None) as fake:
         if source == "env":
             monkeypatch.setenv("MISTRAL_API_KEY", key)
         else:
             monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
         client = _sdk.mistral_class()(api_key=fake.api_key, server_url=fake.url)
-        if source == "client":
-            # the key the server echoes is the one the client holds
-            client = _sdk.mistral_class()(api_key=key, server_url=fake.url)
-            fake.api_key = key
         with pytest.raises(ModelError) as info:
             run_agent("hi", approver=reject_all, client=client)
     exc = info.value
