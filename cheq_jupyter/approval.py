@@ -265,6 +265,23 @@ def reject_all(request: ApprovalRequest) -> Decision:
     return Decision.reject("Rejected by the reject_all approver.", by="reject_all")
 
 
+_CLAIMS = {
+    "readOnlyHint": ("read-only", "may change things"),
+    "destructiveHint": ("destructive", "not destructive"),
+    "idempotentHint": ("idempotent", "not idempotent"),
+    "openWorldHint": ("reaches outside systems", "closed world"),
+}
+
+
+def describe_claims(annotations: Mapping[str, Any]) -> list[str]:
+    """A request's annotations in words (``["read-only", "not destructive"]``), for reviewers.
+
+    They are what the tool's provider claims (MCP tool hints), shown as claims only.
+    """
+    return [_CLAIMS[key][0 if value else 1] for key, value in annotations.items()
+            if key in _CLAIMS and isinstance(value, bool)]
+
+
 RuleSpec = Rule | Callable[[dict[str, Any]], Rule]
 
 

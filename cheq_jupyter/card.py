@@ -151,23 +151,13 @@ def why_html(request: ApprovalRequest) -> str:
     return "".join(parts)
 
 
-_CLAIMS = {
-    "readOnlyHint": ("read-only", "may change things"),
-    "destructiveHint": ("destructive", "not destructive"),
-    "idempotentHint": ("idempotent", "not idempotent"),
-    "openWorldHint": ("reaches outside systems", "closed world"),
-}
-
-
 def origin_html(request: ApprovalRequest) -> str:
     """Where the tool comes from and what its provider claims about it, escaped."""
     if not request.origin:
         return ""
-    claims = [
-        _CLAIMS[key][0 if value else 1]
-        for key, value in request.annotations.items()
-        if key in _CLAIMS and isinstance(value, bool)
-    ]
+    from .approval import describe_claims
+
+    claims = describe_claims(request.annotations)
     said = (f" · the server claims: {html.escape(', '.join(claims))} (not verified)"
             if claims else " · the server makes no claims about this tool")
     return (f"<div class='cheq-origin' style='color:#555;font-size:0.9em'>"

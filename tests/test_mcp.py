@@ -641,6 +641,20 @@ def test_magic_reports_a_server_that_cannot_start_as_a_usage_error() -> None:
         plan_cell(_args(tools="db"), "hi", ns, DEFAULTS)
 
 
+def test_the_console_names_the_server_and_its_claims(edge: mcp.McpToolset) -> None:
+    import io
+
+    from cheq_jupyter.approvers.console import ConsoleApprover
+
+    tool = edge["wipe_notes"]
+    request = ApprovalRequest("wipe_notes", "wipe", {}, "abcdefghi", origin=tool.origin,
+                              annotations=tool.annotations)
+    out = io.StringIO()
+    ConsoleApprover(stdin=io.StringIO("r\n\n"), stdout=out)(request)
+    assert ("from MCP server edge.py; the server claims (not verified): read-only, destructive"
+            in out.getvalue())
+
+
 def test_card_header_labels_annotations_as_the_servers_claims(edge: mcp.McpToolset) -> None:
     tool = edge["wipe_notes"]
     request = ApprovalRequest("wipe_notes", "wipe", {}, "abcdefghi", origin=tool.origin,

@@ -84,6 +84,26 @@ def test_card_shows_the_server_and_its_claims_and_approve_runs_on_the_server(
     assert stored(kernel) == ["1:<b>q3</b>"]
 
 
+def test_an_edit_in_the_card_reaches_the_server_and_a_bad_edit_cannot_be_approved(
+    kernel: KernelFrontend,
+) -> None:
+    before = stored(kernel)
+    with FakeMistral([tool_call("add_note", {"text": "draft"}), text("Noted.")]) as fake:
+        use(kernel, fake)
+        running, card = start(kernel, "%%mistral_agent -t notes.add_note --audit ''\nNote it")
+        card.set_value("cheq-args", json.dumps({"text": "final", "priority": "high"}))
+        kernel.wait_until(lambda: card.state("cheq-approve")["disabled"], timeout=30,
+                          what="the card to refuse an edit the server's schema refuses")
+        assert "priority" in card.text("cheq-feedback")
+        card.set_value("cheq-args", json.dumps({"text": "final", "priority": 3}))
+        kernel.wait_until(lambda: not card.state("cheq-approve")["disabled"], timeout=30,
+                          what="the card to accept a valid edit")
+        card.click("cheq-approve")
+        result = running.wait()
+    assert result.status == "ok", result.error
+    assert stored(kernel) == [*before, "3:final"]
+
+
 def test_reject_leaves_the_server_unchanged_and_the_server_is_reused(
     kernel: KernelFrontend,
 ) -> None:

@@ -138,6 +138,12 @@ class ConsoleApprover:
         self._print(f"Approval needed{count}: {printable(request.action)}")
         if request.summary:
             self._print(f"  {printable(request.summary)}")
+        if request.origin:
+            from ..approval import describe_claims
+
+            claims = ", ".join(describe_claims(request.annotations)) or "nothing"
+            self._print(f"  from {printable(request.origin)}; the server claims (not verified): "
+                        f"{printable(claims)}")
         self._print("Arguments:")
         for line in request.arguments_json().splitlines():
             self._print(f"  {printable(line)}")
