@@ -107,6 +107,9 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         choice = choose_wait(plan.wait) if card else None
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
+    if choice is None and plan.wait == "no-wait" and plan.approver in ("race", "cheqpoint"):
+        _show_mode(f"cheq-jupyter: no-wait applies to the card only; the {plan.approver} "
+                   "approver waits in the cell.", True)
     if choice is not None:
         _show_mode(choice.notice(plan.out), choice.block)
         if not choice.block:
