@@ -122,6 +122,9 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         recorder = _recorder(plan)
     except (ConfigurationError, AuditLogError) as exc:  # e.g. a replay log that fails verify
         raise UsageError(str(exc)) from None
+    if choice is None and plan.wait == "no-wait" and plan.approver in ("race", "cheqpoint"):
+        _show_mode(f"cheq-jupyter: no-wait applies to the card only; the {plan.approver} "
+                   "approver waits in the cell.", True)
     card = _card_of(approver)
     if choice is not None:
         _show_mode(choice.notice(plan.out), choice.block)

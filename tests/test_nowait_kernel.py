@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cheq_jupyter.testing import FakeMistral, KernelFrontend, text, tool_call
+from cheq_jupyter.testing import FakeMistral, KernelFrontend, json_reply, text, tool_call
 from cheq_jupyter.testing._kernel import Card, Execution
 from cheq_jupyter.testing._turns import call, tool_calls
 
@@ -429,3 +429,23 @@ def test_cancel_answers_the_waiting_cards_and_nothing_runs(
     assert card.decided and "cancelled" in card.status
     assert ran(tmp_path) == []
     assert [r["status"] for r in audit(tmp_path)] == ["cancelled"]
+
+
+def test_structured_extraction_finishes_after_the_click(vscode: KernelFrontend) -> None:
+    setup = vscode.execute(
+        "from pydantic import BaseModel\n"
+        "class Change(BaseModel):\n    account_id: str\n    new_email: str")
+    assert setup.status == "ok"
+    script = [CHANGE, text("Changed."),
+              json_reply({"account_id": "acct_1", "new_email": "ada@new.example"})]
+    with FakeMistral(script) as fake:
+        use(vscode, fake)
+        running, (card,) = no_wait_cell(
+            vscode, "%%mistral_agent -t change_email -s Change -o res\nChange it")
+        card.click("cheq-approve")
+        box = run_box(vscode, running)
+        vscode.wait_until(lambda: any("Change(" in b.get("text/plain", "")
+                                      for b in vscode.outputs_in(box)), what="the extracted object")
+        assert "response_format" in fake.requests[-1]
+    assert value(vscode, "res.output.model_dump()") == {
+        "account_id": "acct_1", "new_email": "ada@new.example"}
