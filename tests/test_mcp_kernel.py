@@ -45,6 +45,9 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelFrontend]
         result = k.execute(setup_code(tmp))
         assert result.status == "ok", result.error
         yield k
+        # A shutdown request (not the hard kill of KernelFrontend.shutdown) lets the kernel
+        # stop its servers on the way out, so no test leaves one behind.
+        k.km.shutdown_kernel(now=False)
 
 
 def use(kernel: KernelFrontend, fake: FakeMistral) -> None:
