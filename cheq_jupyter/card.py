@@ -616,7 +616,8 @@ class WidgetApprover:
             for control in group:
                 control.disabled = True
             countdown.value = html.escape(_OUTCOMES[outcome])
-            self._show_record(cards, show)
+            # No static record here: in no-wait mode this is all widget output; the run keeps
+            # one static record of every decision for the saved notebook (nowait._record).
             answers = iter([c.decision for c in cards])
             decisions = [d if d is not None else next(answers) for d in allowed]
             on_done([d for d in decisions if d is not None])

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import html
 import io
+import json
 import logging
 import time
 from collections.abc import Callable, MutableMapping, Sequence
@@ -150,18 +151,48 @@ class _RunView:
         import ipywidgets as w
 
         self.box = w.VBox([], _dom_classes=["cheq-run"])
+        self._layout = w.Layout()  # shared by its outputs: fewer widgets to open
 
     def show(self, obj: Any, raw: bool = True, display_id: Any = None, **_kw: Any) -> _Slot | None:
         """``display``-like: a mime bundle (dict) or a widget goes at the end of the area."""
         import ipywidgets as w
 
         if isinstance(obj, dict):
-            out = w.Output(_dom_classes=["cheq-run-output"])
+            out = w.Output(_dom_classes=["cheq-run-output"], layout=self._layout)
             out.outputs = (_output(obj),)
             self.box.children = (*self.box.children, out)
             return _Slot(out)
         self.box.children = (*self.box.children, obj)
         return None
+
+
+def _record(result: AgentResult[Any] | None, error: BaseException | None) -> dict[str, str]:
+    """The static record of a run (what a notebook saved without widget state keeps)."""
+    if result is None and error is None:
+        text = "No-wait run: its record goes here when it ends."
+        return {"text/plain": text,
+                "text/html": f"<div class='cheq-run-record' style='color:#555'>{text}</div>"}
+    rows, lines = [], []
+    for call in result.tool_calls if result is not None else []:
+        verdict = call.decision.describe() if call.decision is not None else call.status
+        arguments = json.dumps(call.effective_arguments or call.arguments or call.raw_arguments,
+                               ensure_ascii=False, default=str)
+        lines.append(f"{call.name} {arguments}: {verdict}; {call.status}")
+        rows.append(
+            f"<tr><td><b>{html.escape(call.name)}</b></td><td><code>{html.escape(arguments)}"
+            f"</code></td><td>{html.escape(verdict)}</td><td>{html.escape(call.status)}</td></tr>"
+        )
+    if error is not None:
+        end = f"The run stopped: {type(error).__name__}: {error}"
+    else:
+        assert result is not None
+        end = f"Answer: {result.text}"
+    lines.append(end)
+    return {
+        "text/plain": "Approval record (no-wait run)\n" + "\n".join(lines),
+        "text/html": "<div class='cheq-run-record'><b>Approval record</b> (no-wait run)"
+                     f"<table>{''.join(rows)}</table><div>{html.escape(end)}</div></div>",
+    }
 
 
 # -- the handle --------------------------------------------------------------------------------
@@ -272,6 +303,7 @@ class _Driver:
     view: _RunView
     handle: PendingRun
     on_result: Callable[[AgentResult[Any]], None]
+    record: Any = None  # display handle of the static record
     _waiting_cards: list[Any] = field(default_factory=list)
 
     def advance(self) -> None:
@@ -339,6 +371,7 @@ class _Driver:
         _LIVE.pop(self.handle.run_id, None)
         handle = self.handle
         handle._result, handle._finished = result, True
+        self._update_record(result, None)
         try:
             final = getattr(self.events, "final", None)
             if callable(final):
@@ -346,11 +379,20 @@ class _Driver:
         finally:
             self.on_result(result)
 
+    def _update_record(self, result: AgentResult[Any] | None, error: BaseException | None
+                       ) -> None:
+        if self.record is not None:
+            try:
+                self.record.update(_record(result, error), raw=True)
+            except Exception:  # the record is a courtesy; the run's outcome stands
+                log.exception("Could not update the no-wait run's record.")
+
     def _stop(self, exc: BaseException) -> None:
         self.run.close()
         _LIVE.pop(self.handle.run_id, None)
         self.handle._error, self.handle._finished = exc, True
         self.handle._waiting = []
+        self._update_record(self.run.result, exc)
         line = f"The run stopped: {type(exc).__name__}: {exc}"
         self.view.show({
             "text/html": f"<div class='cheq-run-error' style='color:#b00020'>"
@@ -419,7 +461,8 @@ def start_run(
     if bind is not None:
         bind[0][bind[1]] = handle
     display(view.box)  # type: ignore[no-untyped-call]
-    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result)
+    record = display(_record(None, None), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result, record)
     _LIVE[spec.run_id] = handle
     driver.advance()
     if handle._error is not None:  # failed before any card was shown: the cell says so

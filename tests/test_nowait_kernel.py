@@ -98,6 +98,18 @@ def wait_finished(kernel: KernelFrontend, box: str, answer: str) -> None:
     kernel.wait_until(lambda: answer in run_text(kernel, box), what=f"the answer {answer!r}")
 
 
+def record_updates(kernel: KernelFrontend, running: Execution) -> list[str]:
+    """The static record of a run (shown in its cell, kept in a saved notebook), as the
+    ``update_display_data`` messages sent for its display id, plain text, in order."""
+    (first,) = [c for t, c in running.outputs
+                if t == "display_data" and "cheq-run-record" in c["data"].get("text/html", "")]
+    display_id = first["transient"]["display_id"]
+    everything = [o for e in kernel._executions.values() for o in e.outputs]
+    everything += [o for group in kernel.other_outputs.values() for o in group]
+    return [c["data"]["text/plain"] for t, c in everything
+            if t == "update_display_data" and c.get("transient", {}).get("display_id") == display_id]
+
+
 def no_wait_cell(kernel: KernelFrontend, cell: str, n: int = 1) -> tuple[Execution, list[Card]]:
     """Run a cell that must end with ``n`` undecided cards shown."""
     running = kernel.execute_async(cell)
@@ -139,6 +151,11 @@ def test_auto_in_vscode_ends_the_cell_and_a_later_click_finishes_the_run(
     assert "change_email ran" in run_text(vscode, box)
     # What the tool printed, from a widget callback, is in the run's area too.
     assert "changing acct_1\n" in run_text(vscode, box)
+    # The saved notebook keeps a static record: the cell's placeholder, updated at the end.
+    vscode.wait_until(lambda: bool(record_updates(vscode, running)), what="the record")
+    (record,) = record_updates(vscode, running)
+    assert "change_email" in record and "approved by card" in record and "; ran" in record
+    assert record.endswith("Answer: Done: acct_1 uses ada@new.example.")
     # -o now holds the AgentResult.
     assert value(vscode, "[type(res).__name__, res.tool_calls[0].status, res.text]") == [
         "AgentResult", "ran", "Done: acct_1 uses ada@new.example."]
