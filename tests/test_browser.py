@@ -425,6 +425,10 @@ def test_no_wait_cell_ends_and_a_later_click_finishes_the_run(app: str) -> None:
             expect(answer).to_contain_text("now uses ada@new-mail.example",
                                            timeout=CELL_TIMEOUT * 1000)
             expect(cell.locator(".cheq-run")).to_contain_text("change_account_email ran")
+            # The static record below the run, updated from the callback, for the saved file.
+            record = cell.locator(".cheq-run-record")
+            expect(record).to_contain_text("approved by card", timeout=10_000)
+            expect(record).to_contain_text("Answer: ")
         with lab.stage("reading the result in the next cell"):
             lab.run(check)
             lab.wait_done(check, timeout=CELL_TIMEOUT)
