@@ -394,7 +394,9 @@ def _no_wait_notebook() -> dict[str, object]:
     agent["source"] = f"{first_line} --no-wait\n{rest}"
     check = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
              "source": "print(type(first).__name__, CHANGES)"}
-    nb["cells"] = [cells[i] for i in SETUP_CELLS] + [agent, check]
+    self_check = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                  "source": "%mistral_agent --check 30"}
+    nb["cells"] = [cells[i] for i in SETUP_CELLS] + [agent, check, self_check]
     return nb
 
 
@@ -434,3 +436,13 @@ def test_no_wait_cell_ends_and_a_later_click_finishes_the_run(app: str) -> None:
             lab.wait_done(check, timeout=CELL_TIMEOUT)
             expect(lab.outputs_of_type(check, STDOUT)).to_have_text(
                 ["AgentResult [('acct_1042', 'ada@new-mail.example')]"])
+        with lab.stage("the self-check: a click reaches the busy kernel here"):
+            self_check = check + 1
+            lab.run(self_check)
+            button = lab.cell(self_check).locator(".cheq-check-click")
+            button.wait_for(state="visible", timeout=CELL_TIMEOUT * 1000)
+            button.click()
+            lab.wait_done(self_check, timeout=CELL_TIMEOUT)
+            printed = lab.outputs_of_type(self_check, STDOUT)
+            expect(printed).to_contain_text("Clicks arrive")
+            expect(printed).to_contain_text("Mode: blocking (the self-check saw a click")
