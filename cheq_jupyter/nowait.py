@@ -26,8 +26,10 @@ import html
 import io
 import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -295,6 +297,23 @@ def _asked(approver: Approver, requests: Sequence[ApprovalRequest]) -> tuple[
     return [None] * len(requests), approver
 
 
+@contextlib.contextmanager
+def _interruptible(enabled: bool) -> Iterator[None]:
+    """SIGINT raises ``KeyboardInterrupt`` here (an idle kernel ignores it otherwise)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # set outside Python: leave it alone
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @dataclass
 class _Driver:
     run: _Run
@@ -306,20 +325,26 @@ class _Driver:
     record: Any = None  # display handle of the static record
     _waiting_cards: list[Any] = field(default_factory=list)
 
-    def advance(self) -> None:
-        """Run the loop until it needs a human (cards shown, return) or it ends."""
+    def advance(self, *, in_callback: bool = False) -> None:
+        """Run the loop until it needs a human (cards shown, return) or it ends.
+
+        From a callback of the kernel's event loop (``in_callback``), the kernel's interrupt
+        button stops the run (the model request or tool under way gets ``KeyboardInterrupt``,
+        nothing more runs) without reaching the event loop itself.
+        """
         try:
-            while (op := self.run.next_op()) is not None:
-                if isinstance(op, _ModelCall):
-                    self.run.model_answered(_complete(self.client, op.kwargs))
-                elif isinstance(op, _Decide):
-                    if self._begin(op):
-                        return
-                else:
-                    self._invoke(op)
+            with _interruptible(in_callback):
+                while (op := self.run.next_op()) is not None:
+                    if isinstance(op, _ModelCall):
+                        self.run.model_answered(_complete(self.client, op.kwargs))
+                    elif isinstance(op, _Decide):
+                        if self._begin(op):
+                            return
+                    else:
+                        self._invoke(op)
         except BaseException as exc:
             self._stop(exc)
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, Exception) and not in_callback:
                 raise
             return
         result = self.run.result
@@ -355,7 +380,7 @@ class _Driver:
             else:
                 answers = iter(decisions)
                 self.run.decided([d if d is not None else next(answers) for d in fixed])
-            self.advance()
+            self.advance(in_callback=True)
 
         try:
             cancel = begin(asked, on_done, show=self.view.show, later=later)

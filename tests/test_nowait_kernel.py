@@ -462,3 +462,34 @@ def test_structured_extraction_finishes_after_the_click(vscode: KernelFrontend) 
         assert "response_format" in fake.requests[-1]
     assert value(vscode, "res.output.model_dump()") == {
         "account_id": "acct_1", "new_email": "ada@new.example"}
+
+
+def test_interrupt_stops_a_no_wait_tool_and_the_kernel_goes_on(
+    vscode: KernelFrontend, tmp_path: Path
+) -> None:
+    slow = (
+        "import time\n"
+        "from IPython.display import display\n"
+        "def slow_change(account_id: str) -> str:\n"
+        "    \"\"\"Change slowly.\"\"\"\n"
+        "    display({'text/plain': 'SLOW STARTED'}, raw=True)\n"
+        "    time.sleep(60)\n"
+        "    open('slow-finished', 'w').close()\n"
+        "    return 'done'\n"
+    )
+    assert vscode.execute(slow).status == "ok"
+    with FakeMistral([tool_call("slow_change", {"account_id": "acct_1"}), text("unused")]) as fake:
+        use(vscode, fake)
+        running, (card,) = no_wait_cell(vscode, "%%mistral_agent -t slow_change -o res\nGo")
+        card.click("cheq-approve")
+        vscode.wait_until(lambda: any(
+            c.get("data", {}).get("text/plain") == "SLOW STARTED"
+            for group in vscode.other_outputs.values() for _t, c in group), what="the tool")
+        vscode.interrupt()  # the stop button, while the tool runs from the click's callback
+        box = run_box(vscode, running)
+        vscode.wait_until(lambda: "The run stopped: KeyboardInterrupt" in run_text(vscode, box),
+                          what="the run to stop")
+        after = vscode.execute("print(res.status, res.done())")
+        assert after.status == "ok" and after.stdout == "failed True\n"
+        assert len(fake.requests) == 1  # nothing went on after the interrupt
+    assert not (tmp_path / "slow-finished").exists()
