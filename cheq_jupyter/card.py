@@ -687,10 +687,7 @@ class WidgetApprover:
             return later(0, lambda: on_done([d for d in allowed if d is not None]))
         cards, turn, countdown, group = self._turn(asked)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        # Like the blocking card: the turn's own output gets the record as its fallback when
-        # decided, so the decision shows once.
-        bundle = _widget_bundle(turn, asked)
-        state: dict[str, Any] = {"finished": False, "cancels": [], "handle": None}
+        state: dict[str, Any] = {"finished": False, "cancels": []}
 
         def finish(outcome: str) -> None:
             if state["finished"]:
@@ -705,8 +702,8 @@ class WidgetApprover:
             for control in group:
                 control.disabled = True
             countdown.value = html.escape(_OUTCOMES[outcome])
-            handle = state["handle"]
-            self._show_record(cards, show, bundle if handle is not None else None, handle)
+            # No static record here: in no-wait mode this is all widget output; the run keeps
+            # one static record of every decision for the saved notebook (nowait._record).
             answers = iter([c.decision for c in cards])
             decisions = [d if d is not None else next(answers) for d in allowed]
             on_done([d for d in decisions if d is not None])
@@ -734,7 +731,7 @@ class WidgetApprover:
         for card in cards:
             card.on_settled, card.deadline = settled, deadline
         tick()
-        state["handle"] = show(bundle, raw=True, display_id=True)
+        show(turn, raw=True)
         return cancel
 
     @staticmethod

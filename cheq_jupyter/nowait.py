@@ -23,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,18 +153,54 @@ class _RunView:
         import ipywidgets as w
 
         self.box = w.VBox([], _dom_classes=["cheq-run"])
+        self._layout = w.Layout()  # shared by its outputs: fewer widgets to open
+
+    def bundle(self) -> dict[str, Any]:
+        """The display of the whole area (a widget view), to which the record is added."""
+        return {"application/vnd.jupyter.widget-view+json": {
+            "version_major": 2, "version_minor": 0, "model_id": self.box.model_id,
+        }}
 
     def show(self, obj: Any, raw: bool = True, display_id: Any = None, **_kw: Any) -> _Slot | None:
         """``display``-like: a mime bundle (dict) or a widget goes at the end of the area."""
         import ipywidgets as w
 
         if isinstance(obj, dict):
-            out = w.Output(_dom_classes=["cheq-run-output"])
+            out = w.Output(_dom_classes=["cheq-run-output"], layout=self._layout)
             out.outputs = (_output(obj),)
             self.box.children = (*self.box.children, out)
             return _Slot(out)
         self.box.children = (*self.box.children, obj)
         return None
+
+
+def _record(result: AgentResult[Any] | None, error: BaseException | None) -> dict[str, str]:
+    """The static record of a run (what a notebook saved without widget state keeps)."""
+    if result is None and error is None:
+        text = "No-wait run: its record goes here when it ends."
+        return {"text/plain": text,
+                "text/html": f"<div class='cheq-run-record' style='color:#555'>{text}</div>"}
+    rows, lines = [], []
+    for call in result.tool_calls if result is not None else []:
+        verdict = call.decision.describe() if call.decision is not None else call.status
+        arguments = json.dumps(call.effective_arguments or call.arguments or call.raw_arguments,
+                               ensure_ascii=False, default=str)
+        lines.append(f"{call.name} {arguments}: {verdict}; {call.status}")
+        rows.append(
+            f"<tr><td><b>{html.escape(call.name)}</b></td><td><code>{html.escape(arguments)}"
+            f"</code></td><td>{html.escape(verdict)}</td><td>{html.escape(call.status)}</td></tr>"
+        )
+    if error is not None:
+        end = f"The run stopped: {type(error).__name__}: {error}"
+    else:
+        assert result is not None
+        end = f"Answer: {result.text}"
+    lines.append(end)
+    return {
+        "text/plain": "Approval record (no-wait run)\n" + "\n".join(lines),
+        "text/html": "<div class='cheq-run-record'><b>Approval record</b> (no-wait run)"
+                     f"<table>{''.join(rows)}</table><div>{html.escape(end)}</div></div>",
+    }
 
 
 # -- the handle --------------------------------------------------------------------------------
@@ -264,6 +303,23 @@ def _asked(approver: Approver, requests: Sequence[ApprovalRequest]) -> tuple[
     return [None] * len(requests), approver
 
 
+@contextlib.contextmanager
+def _interruptible(enabled: bool) -> Iterator[None]:
+    """SIGINT raises ``KeyboardInterrupt`` here (an idle kernel ignores it otherwise)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # set outside Python: leave it alone
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @dataclass
 class _Driver:
     run: _Run
@@ -272,27 +328,34 @@ class _Driver:
     view: _RunView
     handle: PendingRun
     on_result: Callable[[AgentResult[Any]], None]
+    record: Any = None  # display handle of the run's output (the widget, the record as fallback)
     timeout: float = _sdk.DEFAULT_REQUEST_TIMEOUT
     stream: bool = True
     _waiting_cards: list[Any] = field(default_factory=list)
 
-    def advance(self) -> None:
-        """Run the loop until it needs a human (cards shown, return) or it ends."""
+    def advance(self, *, in_callback: bool = False) -> None:
+        """Run the loop until it needs a human (cards shown, return) or it ends.
+
+        From a callback of the kernel's event loop (``in_callback``), the kernel's interrupt
+        button stops the run (the model request or tool under way gets ``KeyboardInterrupt``,
+        nothing more runs) without reaching the event loop itself.
+        """
         try:
-            while (op := self.run.next_op()) is not None:
-                if isinstance(op, _ModelCall):
-                    self.run.model_answered(_call_model(
-                        self.client, op.kwargs, self.events, stream=self.stream,
-                        timeout=self.timeout,
-                    ))
-                elif isinstance(op, _Decide):
-                    if self._begin(op):
-                        return
-                else:
-                    self._invoke(op)
+            with _interruptible(in_callback):
+                while (op := self.run.next_op()) is not None:
+                    if isinstance(op, _ModelCall):
+                        self.run.model_answered(_call_model(
+                            self.client, op.kwargs, self.events, stream=self.stream,
+                            timeout=self.timeout,
+                        ))
+                    elif isinstance(op, _Decide):
+                        if self._begin(op):
+                            return
+                    else:
+                        self._invoke(op)
         except BaseException as exc:
             self._stop(exc)
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, Exception) and not in_callback:
                 raise
             return
         result = self.run.result
@@ -328,7 +391,7 @@ class _Driver:
             else:
                 answers = iter(decisions)
                 self.run.decided([d if d is not None else next(answers) for d in fixed])
-            self.advance()
+            self.advance(in_callback=True)
 
         try:
             cancel = begin(asked, on_done, show=self.view.show, later=later)
@@ -344,6 +407,7 @@ class _Driver:
         _LIVE.pop(self.handle.run_id, None)
         handle = self.handle
         handle._result, handle._finished = result, True
+        self._update_record(result, None)
         try:
             final = getattr(self.events, "final", None)
             if callable(final):
@@ -351,11 +415,20 @@ class _Driver:
         finally:
             self.on_result(result)
 
+    def _update_record(self, result: AgentResult[Any] | None, error: BaseException | None
+                       ) -> None:
+        if self.record is not None:
+            try:
+                self.record.update({**self.view.bundle(), **_record(result, error)}, raw=True)
+            except Exception:  # the record is a courtesy; the run's outcome stands
+                log.exception("Could not update the no-wait run's record.")
+
     def _stop(self, exc: BaseException) -> None:
         self.run.close()
         _LIVE.pop(self.handle.run_id, None)
         self.handle._error, self.handle._finished = exc, True
         self.handle._waiting = []
+        self._update_record(self.run.result, exc)
         line = f"The run stopped: {type(exc).__name__}: {exc}"
         self.view.show({
             "text/html": f"<div class='cheq-run-error' style='color:#b00020'>"
@@ -427,8 +500,12 @@ def start_run(
 
     if bind is not None:
         bind[0][bind[1]] = handle
-    display(view.box)  # type: ignore[no-untyped-call]
-    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result, timeout, stream)
+    # One display: the run's live widget area, with the static record as its text/html
+    # fallback (what a notebook saved without widget state shows), updated when the run ends.
+    record = display({**view.bundle(), **_record(None, None)}, raw=True,  # type: ignore[no-untyped-call]
+                     display_id=True)
+    driver = _Driver(_Run(spec), client, spec.events, view, handle, on_result, record=record,
+                     timeout=timeout, stream=stream)
     _LIVE[spec.run_id] = handle
     driver.advance()
     if handle._error is not None:  # failed before any card was shown: the cell says so

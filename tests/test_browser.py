@@ -236,7 +236,10 @@ WATCH_LIVE_TEXT = """cell => {
 }"""
 
 
-def _saved_records(lab: LabNotebook, index: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+def _saved_records(
+    lab: LabNotebook, index: int, timeout: float = 20.0, marker: str = "cheq-record",
+    containing: str = "",
+) -> list[dict[str, Any]]:
     """Save the notebook (Ctrl+S) and return the saved outputs of cell ``index`` that carry
     the static decision record (what a reader without a kernel sees)."""
     lab.page.keyboard.press("Escape")
@@ -247,7 +250,8 @@ def _saved_records(lab: LabNotebook, index: int, timeout: float = 20.0) -> list[
         found = []
         for output in saved["content"]["cells"][index].get("outputs", []):
             page = output.get("data", {}).get("text/html", "")
-            if "cheq-record" in ("".join(page) if isinstance(page, list) else page):
+            page = "".join(page) if isinstance(page, list) else page
+            if marker in page and containing in page:
                 found.append(output["data"])
         if found or time.monotonic() > deadline:
             return found
@@ -451,7 +455,9 @@ def _no_wait_notebook() -> dict[str, object]:
     agent["source"] = f"{first_line} --no-wait\n{rest}"
     check = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
              "source": "print(type(first).__name__, CHANGES)"}
-    nb["cells"] = [cells[i] for i in SETUP_CELLS] + [agent, check]
+    self_check = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                  "source": "%mistral_agent --check 30"}
+    nb["cells"] = [cells[i] for i in SETUP_CELLS] + [agent, check, self_check]
     return nb
 
 
@@ -482,8 +488,26 @@ def test_no_wait_cell_ends_and_a_later_click_finishes_the_run(app: str) -> None:
             expect(answer).to_contain_text("now uses ada@new-mail.example",
                                            timeout=CELL_TIMEOUT * 1000)
             expect(cell.locator(".cheq-run")).to_contain_text("change_account_email ran")
+            # The decision shows once, on the card; the static record is the fallback of the
+            # run area's own output, updated from the callback: what the saved file shows.
+            expect(cell.locator(".cheq-run-record")).to_have_count(0)
+            (record,) = _saved_records(lab, agent, marker="cheq-run-record",
+                                       containing="Answer: ")
+            assert WIDGET_VIEW in record
+            page = "".join(record["text/html"])
+            assert "approved by card" in page and "Answer: " in page
         with lab.stage("reading the result in the next cell"):
             lab.run(check)
             lab.wait_done(check, timeout=CELL_TIMEOUT)
             expect(lab.outputs_of_type(check, STDOUT)).to_have_text(
                 ["AgentResult [('acct_1042', 'ada@new-mail.example')]"])
+        with lab.stage("the self-check: a click reaches the busy kernel here"):
+            self_check = check + 1
+            lab.run(self_check)
+            button = lab.cell(self_check).locator(".cheq-check-click")
+            button.wait_for(state="visible", timeout=CELL_TIMEOUT * 1000)
+            button.click()
+            lab.wait_done(self_check, timeout=CELL_TIMEOUT)
+            printed = lab.outputs_of_type(self_check, STDOUT)
+            expect(printed).to_contain_text("Clicks arrive")
+            expect(printed).to_contain_text("Mode: blocking (the self-check saw a click")

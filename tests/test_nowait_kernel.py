@@ -98,6 +98,21 @@ def wait_finished(kernel: KernelFrontend, box: str, answer: str) -> None:
     kernel.wait_until(lambda: answer in run_text(kernel, box), what=f"the answer {answer!r}")
 
 
+def record_updates(kernel: KernelFrontend, running: Execution) -> list[str]:
+    """The static record of a run (kept in a saved notebook), as the ``update_display_data``
+    messages sent for its display id, plain text, in order.  Each update also carries the
+    run area's widget view: a live notebook shows the widgets, a saved one the record."""
+    (first,) = [c for t, c in running.outputs
+                if t == "display_data" and "cheq-run-record" in c["data"].get("text/html", "")]
+    display_id = first["transient"]["display_id"]
+    everything = [o for e in kernel._executions.values() for o in e.outputs]
+    everything += [o for group in kernel.other_outputs.values() for o in group]
+    updates = [c["data"] for t, c in everything
+               if t == "update_display_data" and c.get("transient", {}).get("display_id") == display_id]
+    assert all(WIDGET_VIEW in data for data in [first["data"], *updates])
+    return [data["text/plain"] for data in updates]
+
+
 def no_wait_cell(kernel: KernelFrontend, cell: str, n: int = 1) -> tuple[Execution, list[Card]]:
     """Run a cell that must end with ``n`` undecided cards shown."""
     running = kernel.execute_async(cell)
@@ -108,6 +123,7 @@ def no_wait_cell(kernel: KernelFrontend, cell: str, n: int = 1) -> tuple[Executi
     return running, cards
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 CHANGE = tool_call("change_email", {"account_id": "acct_1", "new_email": "ada@new.example"},
                    id="chg000001")
 CELL = "%%mistral_agent -t change_email -o res --audit audit.jsonl\nChange it"
@@ -137,12 +153,15 @@ def test_auto_in_vscode_ends_the_cell_and_a_later_click_finishes_the_run(
     assert row["audit"] == [["chg000001", "approved"]]
     assert card.decided and "approved by card" in card.status
     assert "change_email ran" in run_text(vscode, box)
-    # The decision shows once: its record is the fallback of the card's own output.
-    records = [b for b in vscode.outputs_in(box) if "cheq-record" in b.get("text/html", "")]
-    assert len(records) == 1 and "application/vnd.jupyter.widget-view+json" in records[0]
-    assert "approved by card" in records[0]["text/html"]
+    # The decision shows once, on the card: no record inside the live run area.
+    assert not [b for b in vscode.outputs_in(box) if "record" in b.get("text/html", "")]
     # What the tool printed, from a widget callback, is in the run's area too.
     assert "changing acct_1\n" in run_text(vscode, box)
+    # The saved notebook keeps a static record: the cell's placeholder, updated at the end.
+    vscode.wait_until(lambda: bool(record_updates(vscode, running)), what="the record")
+    (record,) = record_updates(vscode, running)
+    assert "change_email" in record and "approved by card" in record and "; ran" in record
+    assert record.endswith("Answer: Done: acct_1 uses ada@new.example.")
     # -o now holds the AgentResult.
     assert value(vscode, "[type(res).__name__, res.tool_calls[0].status, res.text]") == [
         "AgentResult", "ran", "Done: acct_1 uses ada@new.example."]
@@ -449,3 +468,34 @@ def test_structured_extraction_finishes_after_the_click(vscode: KernelFrontend) 
         assert "response_format" in fake.requests[-1]
     assert value(vscode, "res.output.model_dump()") == {
         "account_id": "acct_1", "new_email": "ada@new.example"}
+
+
+def test_interrupt_stops_a_no_wait_tool_and_the_kernel_goes_on(
+    vscode: KernelFrontend, tmp_path: Path
+) -> None:
+    slow = (
+        "import time\n"
+        "from IPython.display import display\n"
+        "def slow_change(account_id: str) -> str:\n"
+        "    \"\"\"Change slowly.\"\"\"\n"
+        "    display({'text/plain': 'SLOW STARTED'}, raw=True)\n"
+        "    time.sleep(60)\n"
+        "    open('slow-finished', 'w').close()\n"
+        "    return 'done'\n"
+    )
+    assert vscode.execute(slow).status == "ok"
+    with FakeMistral([tool_call("slow_change", {"account_id": "acct_1"}), text("unused")]) as fake:
+        use(vscode, fake)
+        running, (card,) = no_wait_cell(vscode, "%%mistral_agent -t slow_change -o res\nGo")
+        card.click("cheq-approve")
+        vscode.wait_until(lambda: any(
+            c.get("data", {}).get("text/plain") == "SLOW STARTED"
+            for group in vscode.other_outputs.values() for _t, c in group), what="the tool")
+        vscode.interrupt()  # the stop button, while the tool runs from the click's callback
+        box = run_box(vscode, running)
+        vscode.wait_until(lambda: "The run stopped: KeyboardInterrupt" in run_text(vscode, box),
+                          what="the run to stop")
+        after = vscode.execute("print(res.status, res.done())")
+        assert after.status == "ok" and after.stdout == "failed True\n"
+        assert len(fake.requests) == 1  # nothing went on after the interrupt
+    assert not (tmp_path / "slow-finished").exists()

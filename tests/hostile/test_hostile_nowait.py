@@ -108,3 +108,27 @@ def test_a_model_error_after_the_cell_stops_the_run_and_says_why(
             "try:\n    res.result()\nexcept Exception as e:\n    print(type(e).__name__)")
     assert out.stdout == "True failed\nModelError\n"
     assert ran(tmp_path) == [{"customer": "c1", "amount": 30}]  # it was approved before
+
+
+def test_model_html_is_escaped_in_the_run_area_and_the_saved_record(
+    kernel: KernelFrontend, tmp_path: Path
+) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    script = [tool_call("refund", {"customer": evil, "amount": 1}), text(f"Done {evil}")]
+    with FakeMistral(script) as fake:
+        use(kernel, fake)
+        running, card = start(kernel)
+        assert evil not in card.html
+        card.click("cheq-approve")
+        kernel.wait_until(lambda: f"Done {evil}" in area(kernel, running), what="the answer")
+        (box,) = kernel.find("cheq-run", execution=running)
+        shown = [b.get("text/html", "") + b.get("text/markdown", "")
+                 for b in kernel.outputs_in(box)]
+        everything = [o for e in kernel._executions.values() for o in e.outputs]
+        everything += [o for group in kernel.other_outputs.values() for o in group]
+        records = [c["data"].get("text/html", "") for t, c in everything
+                   if t == "update_display_data" and "cheq-run-record" in
+                   c["data"].get("text/html", "")]
+    assert records and shown
+    assert not any(evil in h for h in shown + records)
+    assert any("&lt;img" in h for h in records)
