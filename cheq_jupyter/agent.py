@@ -629,6 +629,7 @@ def _build_spec(
     events: AgentEvents | None,
     recorder: DecisionRecorder | None,
     output_retries: int,
+    reasoning_effort: str | None = None,
 ) -> _Spec:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigurationError("The prompt is empty; give the model something to do.")
@@ -652,6 +653,7 @@ def _build_spec(
         prompt=prompt, tools=as_tools(items), approver=approver, model=model, system=system,
         max_steps=max_steps, output_type=output_type, history=list(history or []),
         events=events or AgentEvents(), recorder=recorder, output_retries=output_retries,
+        reasoning_effort=reasoning_effort,
     )
 
 
@@ -908,8 +910,7 @@ def run_agent(
     """
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
-                       history, events, recorder, output_retries)
-    spec.reasoning_effort = reasoning_effort
+                       history, events, recorder, output_retries, reasoning_effort)
     for t in spec.tools.values():
         if t.is_async:
             raise ToolDefinitionError(
@@ -961,8 +962,7 @@ async def arun_agent(
     """
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
-                       history, events, recorder, output_retries)
-    spec.reasoning_effort = reasoning_effort
+                       history, events, recorder, output_retries, reasoning_effort)
     client = client if client is not None else _sdk.client_from_env()
     _check_reasoning_effort(client, reasoning_effort, stream)
     run = _Run(spec)

@@ -42,6 +42,7 @@ from .agent import (
     _approver_name,
     _build_spec,
     _call_model,
+    _check_reasoning_effort,
     _Decide,
     _Invoke,
     _invoke,
@@ -475,15 +476,15 @@ def start_run(
 
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
-                       history, None, recorder, output_retries)
-    spec.reasoning_effort = reasoning_effort
+                       history, None, recorder, output_retries, reasoning_effort)
     for t in spec.tools.values():
         if t.is_async:
             raise ToolDefinitionError(
                 f"Tool {t.name} is async; no-wait mode runs synchronous tools only."
             )
-    _event_loop()  # FrontendUnavailableError now, outside a kernel, not in a callback
     client = client if client is not None else _sdk.client_from_env()
+    _check_reasoning_effort(client, reasoning_effort, stream)
+    _event_loop()  # FrontendUnavailableError now, outside a kernel, not in a callback
     view = _RunView()
     if events_factory is None:
         name = _approver_name(approver)

@@ -114,3 +114,14 @@ def test_audit_with_empty_quotes_writes_no_log(
         result = shell.run_cell("%%mistral_agent --approver policy --audit ''\nSay hello")
     assert result.error_in_exec is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_wait_refuses_an_unknown_reasoning_effort_before_anything_is_sent() -> None:
+    from cheq_jupyter import approve_all
+    from cheq_jupyter.nowait import start_run
+
+    with FakeMistral([text("unused")]) as fake, pytest.raises(ConfigurationError) as info:
+        start_run("hi", tools=[], approver=approve_all, client=fake.client(), model="m",
+                  reasoning_effort="extreme")
+    assert "reasoning_effort is 'extreme'" in str(info.value)
+    assert fake.requests == []

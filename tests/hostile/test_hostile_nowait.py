@@ -121,14 +121,20 @@ def test_model_html_is_escaped_in_the_run_area_and_the_saved_record(
         assert evil not in card.html
         card.click("cheq-approve")
         kernel.wait_until(lambda: f"Done {evil}" in area(kernel, running), what="the answer")
+
+        def records() -> list[str]:
+            everything = [o for e in kernel._executions.values() for o in e.outputs]
+            everything += [o for group in kernel.other_outputs.values() for o in group]
+            return [c["data"].get("text/html", "") for t, c in everything
+                    if t == "update_display_data" and "cheq-run-record" in
+                    c["data"].get("text/html", "")]
+
+        # The answer streams into the area before the run ends and its record is written.
+        kernel.wait_until(lambda: bool(records()), what="the run's record")
         (box,) = kernel.find("cheq-run", execution=running)
         shown = [b.get("text/html", "") + b.get("text/markdown", "")
                  for b in kernel.outputs_in(box)]
-        everything = [o for e in kernel._executions.values() for o in e.outputs]
-        everything += [o for group in kernel.other_outputs.values() for o in group]
-        records = [c["data"].get("text/html", "") for t, c in everything
-                   if t == "update_display_data" and "cheq-run-record" in
-                   c["data"].get("text/html", "")]
-    assert records and shown
-    assert not any(evil in h for h in shown + records)
-    assert any("&lt;img" in h for h in records)
+        saved = records()
+    assert saved and shown
+    assert not any(evil in h for h in shown + saved)
+    assert any("&lt;img" in h for h in saved)
