@@ -793,6 +793,21 @@ def _replay(reply: Reply, events: AgentEvents) -> None:
         events.model_delta("text", reply.text)
 
 
+def _sync_tools_only(spec: _Spec, fix: str) -> None:
+    """Refuse async tools where the driver cannot await them (``fix`` says what to do)."""
+    for t in spec.tools.values():
+        if t.is_async:
+            raise ToolDefinitionError(f"Tool {t.name} is async; {fix}.")
+
+
+def _client(client: Any, reasoning_effort: str | None, stream: bool) -> Any:
+    """The client to use (one from the environment when none is given), checked for
+    ``reasoning_effort`` before any request is sent."""
+    client = client if client is not None else _sdk.client_from_env()
+    _check_reasoning_effort(client, reasoning_effort, stream)
+    return client
+
+
 def _check_reasoning_effort(client: Any, effort: str | None, stream: bool) -> None:
     if effort is None:
         return
@@ -911,13 +926,8 @@ def run_agent(
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries, reasoning_effort)
-    for t in spec.tools.values():
-        if t.is_async:
-            raise ToolDefinitionError(
-                f"Tool {t.name} is async; use `await arun_agent(...)` to run async tools."
-            )
-    client = client if client is not None else _sdk.client_from_env()
-    _check_reasoning_effort(client, reasoning_effort, stream)
+    _sync_tools_only(spec, "use `await arun_agent(...)` to run async tools")
+    client = _client(client, reasoning_effort, stream)
     run = _Run(spec)
     try:
         while (op := run.next_op()) is not None:
@@ -963,8 +973,7 @@ async def arun_agent(
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, events, recorder, output_retries, reasoning_effort)
-    client = client if client is not None else _sdk.client_from_env()
-    _check_reasoning_effort(client, reasoning_effort, stream)
+    client = _client(client, reasoning_effort, stream)
     run = _Run(spec)
     try:
         while (op := run.next_op()) is not None:

@@ -42,19 +42,19 @@ from .agent import (
     _approver_name,
     _build_spec,
     _call_model,
-    _check_reasoning_effort,
+    _client,
     _Decide,
     _Invoke,
     _invoke,
     _ModelCall,
     _Run,
+    _sync_tools_only,
 )
 from .approval import ApprovalRequest, Approver, Decision, Policy
 from .errors import (
     ApprovalError,
     FrontendUnavailableError,
     RunPendingError,
-    ToolDefinitionError,
 )
 
 __all__ = ["PendingRun", "live_runs", "start_run"]
@@ -477,13 +477,8 @@ def start_run(
     timeout = _sdk.check_request_timeout(request_timeout)
     spec = _build_spec(prompt, tools, approver, model, system, max_steps, output_type,
                        history, None, recorder, output_retries, reasoning_effort)
-    for t in spec.tools.values():
-        if t.is_async:
-            raise ToolDefinitionError(
-                f"Tool {t.name} is async; no-wait mode runs synchronous tools only."
-            )
-    client = client if client is not None else _sdk.client_from_env()
-    _check_reasoning_effort(client, reasoning_effort, stream)
+    _sync_tools_only(spec, "no-wait mode runs synchronous tools only")
+    client = _client(client, reasoning_effort, stream)
     _event_loop()  # FrontendUnavailableError now, outside a kernel, not in a callback
     view = _RunView()
     if events_factory is None:
