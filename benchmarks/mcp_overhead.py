@@ -77,8 +77,9 @@ def gated_round(toolset: mcp.McpToolset, calls: int) -> float:
     with FakeMistral(script(calls)) as fake:
         client = fake.client()
         started = time.perf_counter()
+        # Plain requests, like the baseline (stream_overhead.py measures streaming).
         result = run_agent("what time is it", tools=[toolset], approver=approve_all,
-                           client=client, max_steps=calls + 1)
+                           client=client, max_steps=calls + 1, stream=False)
         took = time.perf_counter() - started
     assert [r.status for r in result.tool_calls] == ["ran"] * calls and result.text == "done"
     return took
