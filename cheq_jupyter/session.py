@@ -62,14 +62,18 @@ def build_approver(plan: CellPlan) -> tuple[Approver, str]:
     return approver, _display_name(approver)
 
 
-def _card_of(approver: Any) -> Any:
-    """The card approver inside ``approver`` (behind a policy, or racing a remote), if any."""
+def _card_of(approver: Any, *, through_race: bool = True) -> Any:
+    """The card approver inside ``approver``, if any: behind policies, and racing a remote
+    approver unless ``through_race`` is False (the runs whose wait mode can be chosen: a race
+    with Cheqpoint always blocks)."""
     from .card import WidgetApprover
 
     for _ in range(8):  # policies and races nest a few levels at most
         if isinstance(approver, WidgetApprover):
             return approver
-        approver = getattr(approver, "ask", None) or getattr(approver, "card", None)
+        approver = getattr(approver, "ask", None) or (
+            getattr(approver, "card", None) if through_race else None
+        )
         if approver is None:
             return None
     return None
@@ -81,16 +85,6 @@ def _recorder(plan: CellPlan) -> Any:
     from .audit import AuditLog
 
     return AuditLog(os.path.expanduser(plan.audit_log))
-
-
-def _asking_card(approver: Approver) -> Any:
-    """The notebook card that answers for ``approver`` (behind a policy), if any: the runs
-    whose wait mode can be chosen (a race with Cheqpoint always blocks)."""
-    from .card import WidgetApprover
-
-    while isinstance(approver, Policy) and approver.ask is not None:
-        approver = approver.ask
-    return approver if isinstance(approver, WidgetApprover) else None
 
 
 def _show_mode(line: str, block: bool) -> None:
@@ -117,7 +111,7 @@ def run_plan(plan: CellPlan, user_ns: MutableMapping[str, Any]) -> AgentResult[A
         client = _sdk.client_from_env()
         approver, name = build_approver(plan)
         # Only the card waits for a click, and only a kernel can show it.
-        asking = _asking_card(approver) is not None and in_kernel()
+        asking = _card_of(approver, through_race=False) is not None and in_kernel()
         choice = choose_wait(plan.wait) if asking else None
         recorder = _recorder(plan)
     except (ConfigurationError, AuditLogError) as exc:  # e.g. a replay log that fails verify

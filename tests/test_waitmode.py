@@ -125,3 +125,16 @@ def test_no_wait_refuses_an_unknown_reasoning_effort_before_anything_is_sent() -
                   reasoning_effort="extreme")
     assert "reasoning_effort is 'extreme'" in str(info.value)
     assert fake.requests == []
+
+
+def test_only_a_card_behind_policies_gets_a_wait_mode_a_race_always_blocks() -> None:
+    from cheq_jupyter import Policy, WidgetApprover, reject_all
+    from cheq_jupyter.approvers.race import RaceApprover
+    from cheq_jupyter.session import _card_of
+
+    card = WidgetApprover()
+    race = RaceApprover(reject_all, card=card)
+    assert _card_of(Policy(ask=Policy(ask=card)), through_race=False) is card
+    assert _card_of(Policy(ask=race), through_race=False) is None  # the race waits in the cell
+    assert _card_of(Policy(ask=race)) is card  # but its card still shows the decisions
+    assert _card_of(Policy(ask=reject_all)) is None
