@@ -708,11 +708,7 @@ def _call_model(
     try:
         sse = client.chat.stream(**kwargs, **_sdk.request_options(client, timeout))
     except Exception as exc:
-        reply = _stream.reply_from_unstreamed(exc)
-        if reply is None:
-            raise _sdk.model_error(exc, timeout) from None
-        _replay(reply, events)
-        return reply
+        return _unstreamed(exc, events, timeout)
     try:
         with sse:
             for event in sse:
@@ -742,11 +738,7 @@ async def _acall_model(
             timeout + 1.0,
         )
     except Exception as exc:
-        reply = _stream.reply_from_unstreamed(exc)
-        if reply is None:
-            raise _sdk.model_error(exc, timeout) from None
-        _replay(reply, events)
-        return reply
+        return _unstreamed(exc, events, timeout)
     try:
         async with sse:
             async for event in sse:
@@ -773,6 +765,16 @@ def _shown_safely(events: AgentEvents) -> _stream.DeltaHook:
                 log.exception("showing the streamed %s failed", kind)
 
     return show
+
+
+def _unstreamed(exc: Exception, events: AgentEvents, timeout: float) -> Reply:
+    """The answer of a server that did not stream (it came whole, inside the SDK's error),
+    shown like a stream; any other failure to open the stream is a :class:`ModelError`."""
+    reply = _stream.reply_from_unstreamed(exc)
+    if reply is None:
+        raise _sdk.model_error(exc, timeout) from None
+    _replay(reply, events)
+    return reply
 
 
 def _finished(assembler: _stream.Assembler) -> Reply:
